@@ -1,0 +1,130 @@
+"""The ``end_to_end`` flow: every plan node is one Prefect task.
+
+Upstream artifacts are passed to downstream tasks as futures, so the flow-run graph
+in the Prefect UI is the real data DAG. The task cache key is the artifact identity
+(the same hash the store uses), and only when the store holds that artifact, so
+Prefect and the store always agree. Each task publishes a markdown artifact with its
+numbers and a link to its MLflow run, plus any tables the stage produced.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import TaskRunContext
+
+from pipeline.plan import Node, build_plan
+from pipeline.runner import Outcome, RunEnv, execute, lookup, record_cached
+from pipeline.spec import load_spec
+from pipeline.store import Artifact
+
+# The plan and run environment of flow runs in this process (tasks run in threads).
+_RUNS: dict[str, tuple[dict[str, Node], RunEnv]] = {}
+_LOCK = threading.Lock()
+
+
+def _node_env(run_key: str, node_key: str) -> tuple[Node, RunEnv]:
+    with _LOCK:
+        plan, env = _RUNS[run_key]
+    return plan[node_key], env
+
+
+def _cache_key(context: TaskRunContext, parameters: dict) -> str | None:
+    """The artifact identity, if (and only if) the store holds a committed artifact."""
+    node, env = _node_env(parameters["run_key"], parameters["node_key"])
+    existing = lookup(node, parameters["upstream"], env)
+    return f"forgeflow-{existing.identity}" if existing else None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def publish(outcome: Outcome, env: RunEnv) -> None:
+    """Prefect artifacts for one stage: a markdown summary and the stage's tables."""
+    art = outcome.artifact
+    metrics = art.metrics
+    lines = [f"### {outcome.node} {'(cached)' if outcome.cached else ''}",
+             f"- artifact: `{art.path}` (identity `{art.short}`)",
+             f"- MLflow run: [{outcome.run_id[:8]}]({env.run_url(outcome.run_id)})",
+             f"- seconds: {art.manifest.get('seconds', 0):.1f}", ""]
+    lines += outcome.summary
+    if metrics:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items())[:80]]
+    create_markdown_artifact("\n".join(lines), key=_slug(f"{env.spec.run.name}-{outcome.node}"),
+                             description=f"{outcome.node}: numbers and MLflow link")
+    for name, rows in list(outcome.tables.items())[:6]:
+        if rows:
+            create_table_artifact(rows[:200], key=_slug(f"{outcome.node}-{Path(name).stem}"),
+                                  description=f"{outcome.node}: {name}")
+
+
+@task(cache_key_fn=_cache_key, persist_result=True, log_prints=True)
+def stage_task(run_key: str, node_key: str, upstream: dict[str, Artifact]) -> Artifact:
+    node, env = _node_env(run_key, node_key)
+    outcome = execute(node, upstream, env)
+    env.outcomes[node_key] = outcome
+    publish(outcome, env)
+    return outcome.artifact
+
+
+@flow(name="end_to_end", log_prints=True)
+def end_to_end(config: str, overrides: list[str] | None = None,
+               workdir: str | None = None) -> dict[str, dict]:
+    """Run the whole pipeline described by the YAML spec at ``config``."""
+    logger = get_run_logger()
+    spec = load_spec(config, overrides or [])
+    plan = build_plan(spec)
+    env = RunEnv.start(spec, workdir, tags={"forgeflow.config": str(Path(config).resolve())})
+    from prefect.runtime import flow_run
+    run_key = str(flow_run.get_id())
+    with _LOCK:
+        _RUNS[run_key] = ({n.key: n for n in plan}, env)
+    logger.info("plan: %s", " -> ".join(n.key for n in plan))
+    futures = {}
+    status = "FAILED"
+    try:
+        for node in plan:
+            upstream = {name: futures[key] for name, key in node.inputs.items()}
+            futures[node.key] = stage_task.with_options(
+                name=node.key, task_run_name=node.key,
+                retries=1 if node.stage == "crawl" else 0,
+            ).submit(run_key, node.key, upstream)
+        results: dict[str, Artifact] = {}
+        for node in plan:
+            futures[node.key].wait()
+            state = futures[node.key].state
+            artifact = state.result()          # raises if the stage failed
+            results[node.key] = artifact
+            if state.name == "Cached" and node.key not in env.outcomes:
+                # Prefect served the result from its cache: the task body did not run,
+                # so record the cached stage in MLflow and Prefect here.
+                inputs = {name: results[key] for name, key in node.inputs.items()}
+                outcome = record_cached(node, artifact, inputs, env)
+                env.outcomes[node.key] = outcome
+                publish(outcome, env)
+        status = "FINISHED"
+    finally:
+        _finish(env, status, logger)
+        with _LOCK:
+            _RUNS.pop(run_key, None)
+    return {key: {"identity": a.identity, "path": a.path,
+                  "cached": env.outcomes[key].cached if key in env.outcomes else True}
+            for key, a in results.items()}
+
+
+def _finish(env: RunEnv, status: str, logger) -> None:
+    ev = env.outcomes.get("evaluate")
+    if ev is not None:
+        from pipeline.tracking import StageRun
+        StageRun(env.tracker, env.parent_run_id).log_metrics(ev.artifact.metrics)
+    cached = sum(o.cached for o in env.outcomes.values())
+    ran = len(env.outcomes) - cached
+    env.finish(status)
+    logger.info("pipeline %s: %d stage(s) ran, %d cached; MLflow parent run %s",
+                status.lower(), ran, cached, env.run_url(env.parent_run_id))

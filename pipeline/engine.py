@@ -1,0 +1,96 @@
+"""Ray helpers shared by the document stages.
+
+``ensure_ray`` starts a local Ray on demand (CPU count from the spec) or connects to a
+cluster address from the spec or ``RAY_ADDRESS``. Document datasets are directories
+of Parquet files (``<artifact>/data/*.parquet``, rejected rows in
+``<artifact>/rejected/*.parquet``) read and written through Ray Data in batches.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# The document schema every stage reads and writes (stages may add columns).
+DOC_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("text", pa.string()),
+    ("source", pa.string()),
+    ("url", pa.string()),
+])
+
+_RAY_SETTINGS: dict = {"num_cpus": None, "address": None}
+
+
+def configure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+    """Record how Ray should be started (called by the runner from the spec)."""
+    _RAY_SETTINGS.update(num_cpus=num_cpus, address=address)
+
+
+def ensure_ray(num_cpus: int | None = None, address: str | None = None):
+    """Start (or connect to) Ray once per process and return the ``ray`` module."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or _RAY_SETTINGS["address"] or os.environ.get("RAY_ADDRESS") or None
+    num_cpus = num_cpus or _RAY_SETTINGS["num_cpus"]
+    # Workers must import `pipeline` from this checkout even without an install.
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)
+    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath,
+                                "TOKENIZERS_PARALLELISM": "false"}}
+    kwargs = dict(runtime_env=runtime_env, ignore_reinit_error=True,
+                  include_dashboard=False, log_to_driver=True,
+                  logging_level="WARNING")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+    import ray.data
+    dctx = ray.data.DataContext.get_current()
+    dctx.execution_options.preserve_order = True   # deterministic outputs
+    dctx.enable_progress_bars = False
+    return ray
+
+
+def parquet_files(dataset_dir: Path, sub: str = "data") -> list[str]:
+    """Sorted Parquet files of ``<dataset_dir>/<sub>/`` (empty list if none)."""
+    d = Path(dataset_dir) / sub
+    return sorted(str(p) for p in d.glob("*.parquet")) if d.is_dir() else []
+
+
+def read_docs(dataset_dir: Path, sub: str = "data", columns: list[str] | None = None):
+    """A Ray Dataset over a document dataset directory."""
+    ray = ensure_ray()
+    files = parquet_files(dataset_dir, sub)
+    if not files:
+        return ray.data.from_arrow(empty_table(DOC_SCHEMA))
+    return ray.data.read_parquet(files, columns=columns)
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_batches([], schema=schema)
+
+
+def write_table(table: pa.Table, out_dir: Path, sub: str = "data", part: int = 0) -> Path:
+    """Write one Arrow table as ``<out_dir>/<sub>/part-NNNNN.parquet``."""
+    d = Path(out_dir) / sub
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"part-{part:05d}.parquet"
+    pq.write_table(table, path, compression="zstd")
+    return path
+
+
+def count_rows(dataset_dir: Path, sub: str = "data") -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(dataset_dir, sub))
+
+
+def iter_batches(dataset_dir: Path, sub: str = "data", batch_size: int = 1024,
+                 columns: list[str] | None = None):
+    """Stream Arrow record batches from a document dataset without Ray (bounded memory)."""
+    for f in parquet_files(dataset_dir, sub):
+        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)

@@ -1,0 +1,165 @@
+"""Execute plan nodes against the artifact store with MLflow tracking.
+
+Prefect-free: ``flows/`` calls :func:`execute` from its tasks. One call = one stage:
+compute the identity, reuse a committed artifact (reported as cached, with a child run
+pointing at the producer), or run the stage into a partial directory and commit it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.engine import configure_ray
+from pipeline.plan import Node
+from pipeline.spec import PipelineSpec, flatten
+from pipeline.stage import StageContext
+from pipeline.store import Artifact, ArtifactStore, code_version, compute_identity
+from pipeline.tracking import StageRun, Tracker, redact, resolve_tracking_uri
+
+log = logging.getLogger("forgeflow")
+
+
+@dataclass
+class RunEnv:
+    """Everything a pipeline run shares: spec, store, tracker and the parent MLflow run."""
+
+    spec: PipelineSpec
+    workdir: Path
+    store: ArtifactStore
+    tracker: Tracker
+    parent_run_id: str
+    ui_url: str
+    outcomes: dict = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, spec: PipelineSpec, workdir: Path | str | None = None,
+              tags: dict[str, str] | None = None) -> "RunEnv":
+        workdir = Path(workdir or spec.run.workdir).resolve()
+        store = ArtifactStore(workdir)
+        uri = resolve_tracking_uri(spec.run.tracking_uri, workdir)
+        tracker = Tracker(uri, spec.run.experiment or spec.run.name,
+                          artifact_root=workdir / "mlartifacts")
+        params = {k: v for k, v in flatten(spec.model_dump(mode="json")).items()
+                  if not k.startswith("run.tracking_uri")}
+        for name, weight in spec.train.mixture.items():
+            params[f"mix.{name}"] = weight
+        parent = tracker.start_parent(spec.run.name, params,
+                                      {"forgeflow.code_version": code_version(),
+                                       "forgeflow.workdir": str(workdir), **(tags or {})})
+        configure_ray(spec.run.num_cpus, spec.run.ray_address)
+        log.info("MLflow tracking %s, parent run %s", redact(uri), parent)
+        return cls(spec, workdir, store, tracker, parent, spec.run.mlflow_ui_url)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.tracker.end(self.parent_run_id, status)
+
+    def run_url(self, run_id: str) -> str:
+        return self.tracker.run_url(self.ui_url, run_id)
+
+
+@dataclass
+class Outcome:
+    node: str
+    artifact: Artifact
+    cached: bool
+    run_id: str
+    seconds: float
+    summary: list[str] = field(default_factory=list)
+    tables: dict = field(default_factory=dict)
+
+
+def node_identity(node: Node, inputs: dict[str, Artifact]) -> str:
+    return compute_identity(node.stage, node.version, node.config,
+                            {name: art.identity for name, art in inputs.items()})
+
+
+def lookup(node: Node, inputs: dict[str, Artifact], env: RunEnv) -> Artifact | None:
+    return env.store.lookup(node.stage, node.name, node_identity(node, inputs))
+
+
+def execute(node: Node, inputs: dict[str, Artifact], env: RunEnv) -> Outcome:
+    identity = node_identity(node, inputs)
+    existing = env.store.lookup(node.stage, node.name, identity)
+    if existing is not None:
+        return record_cached(node, existing, inputs, env)
+
+    pending = env.store.begin(node.stage, node.name, identity, node.resumable)
+    child = env.tracker.start_stage(env.parent_run_id, node.key, node.stage, identity,
+                                    {"forgeflow.cached": "false",
+                                     "forgeflow.resumed": str(pending.resumed).lower()})
+    _log_inputs(child, inputs, env)
+    ctx = StageContext(name=node.key, out_dir=pending.partial, workdir=env.workdir,
+                       seed=env.spec.run.seed, num_cpus=env.spec.run.num_cpus or 2,
+                       tracker=child, show_progress=env.spec.run.show_progress)
+    log.info("[%s] running -> %s%s", node.key, pending.partial.name,
+             " (resuming a killed run)" if pending.resumed else "")
+    t0 = time.time()
+    try:
+        metrics = node.run(ctx, inputs) or {}
+        metrics = {k: v for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        seconds = time.time() - t0
+        artifact = pending.commit(
+            config=node.config, inputs={k: a.identity for k, a in inputs.items()},
+            metrics=metrics,
+            extra={"key": node.key, "mlflow_run_id": child.run_id, "summary": ctx.summary,
+                   "dataset": node.dataset})
+    except BaseException:
+        pending.release()
+        child.finish("FAILED")
+        raise
+    child.log_metrics({**metrics, "stage_seconds": seconds})
+    child.log_params({f"config.{k}": v for k, v in list(flatten(node.config).items())[:200]})
+    child.log_artifact(artifact.dir / "manifest.json")
+    if node.dataset:
+        _log_dataset(child, artifact, "output")
+        _log_dataset(StageRun(env.tracker, env.parent_run_id), artifact, node.dataset)
+    child.finish("FINISHED")
+    log.info("[%s] done in %.1fs -> %s", node.key, seconds, artifact.dir)
+    return Outcome(node.key, artifact, False, child.run_id, seconds, ctx.summary, ctx.tables)
+
+
+def record_cached(node: Node, artifact: Artifact, inputs: dict[str, Artifact], env: RunEnv) -> Outcome:
+    """A child run for a stage whose artifact already exists, linking to its producer."""
+    producer = artifact.manifest.get("mlflow_run_id", "")
+    child = env.tracker.start_stage(env.parent_run_id, node.key, node.stage, artifact.identity,
+                                    {"forgeflow.cached": "true",
+                                     "forgeflow.produced_by_run": producer,
+                                     "forgeflow.artifact": artifact.path})
+    _log_inputs(child, inputs, env)
+    child.log_metrics(artifact.metrics)
+    if node.dataset:
+        _log_dataset(StageRun(env.tracker, env.parent_run_id), artifact, node.dataset)
+    child.finish("FINISHED")
+    log.info("[%s] cached -> %s", node.key, artifact.dir)
+    summary = [f"**cached**: artifact `{artifact.path}` produced by MLflow run "
+               f"[{producer[:8]}]({env.run_url(producer)})"] + artifact.manifest.get("summary", [])
+    return Outcome(node.key, artifact, True, child.run_id, 0.0, summary, _tables_of(artifact))
+
+
+def _tables_of(artifact: Artifact) -> dict:
+    import json
+    out = {}
+    for p in sorted((artifact.dir / "tables").glob("*.json")):
+        try:
+            out[p.name] = json.loads(p.read_text())
+        except ValueError:
+            pass
+    return out
+
+
+def _log_inputs(child: StageRun, inputs: dict[str, Artifact], env: RunEnv) -> None:
+    for name, art in inputs.items():
+        if art.manifest.get("dataset"):
+            _log_dataset(child, art, name)
+
+
+def _log_dataset(run: StageRun, artifact: Artifact, context: str) -> None:
+    rows = {k: v for k, v in artifact.metrics.items()
+            if k.startswith(("docs", "tokens", "rows")) or k in ("docs_out", "records_read")}
+    run.log_dataset(name=f"{artifact.stage}/{artifact.name}", digest=artifact.identity,
+                    path=artifact.dir, context=context,
+                    profile={"identity": artifact.identity, **rows})

@@ -1,0 +1,130 @@
+"""MLflow tracking with explicit run ids (the fluent active run is thread-local, and
+stages log from Prefect worker threads and Ray workers).
+
+One parent run per pipeline run; one nested child run per stage, cached stages
+included (tagged ``forgeflow.cached=true`` with the id of the run that produced the
+artifact). Params are the flattened spec; corpora are logged as dataset inputs whose
+digest is the artifact identity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+MAX_PARAM_LEN = 6000
+BATCH = 100
+
+
+def redact(uri: str) -> str:
+    """Hide credentials in a URI before it is printed or logged."""
+    return re.sub(r"//([^/@:]+):([^/@]+)@", r"//\1:***@", uri or "")
+
+
+def resolve_tracking_uri(spec_uri: str | None, workdir: Path) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or spec_uri
+    if not uri:
+        uri = f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+    return uri
+
+
+class Tracker:
+    """A thin layer over MlflowClient for one pipeline run."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = artifact_root.resolve().as_uri() if artifact_root else None
+            try:
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            except Exception:      # created concurrently
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        else:
+            self.experiment_id = exp.experiment_id
+
+    # ---- runs --------------------------------------------------------------------------
+    def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={MLFLOW_RUN_NAME: name, "forgeflow.kind": "pipeline", **tags})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def start_stage(self, parent_id: str, key: str, stage: str, identity: str,
+                    tags: dict[str, str] | None = None) -> "StageRun":
+        all_tags = {MLFLOW_PARENT_RUN_ID: parent_id, MLFLOW_RUN_NAME: key,
+                    "forgeflow.kind": "stage", "forgeflow.stage": stage,
+                    "forgeflow.node": key, "forgeflow.identity": identity, **(tags or {})}
+        run = self.client.create_run(self.experiment_id, run_name=key, tags=all_tags)
+        return StageRun(self, run.info.run_id)
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        items = []
+        for k, v in params.items():
+            value = v if isinstance(v, str) else json.dumps(v, default=str)
+            items.append(Param(str(k)[:250], value[:MAX_PARAM_LEN]))
+        for i in range(0, len(items), BATCH):
+            self.client.log_batch(run_id, params=items[i:i + BATCH], synchronous=True)
+
+    def run_url(self, ui_url: str, run_id: str) -> str:
+        return f"{ui_url.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+
+class StageRun:
+    """The MLflow child run of one stage; safe to use from any thread."""
+
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker = tracker
+        self.client = tracker.client
+        self.run_id = run_id
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracker.tracking_uri
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        self.client.log_metric(self.run_id, key, value, step=step or 0)
+
+    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step or 0) for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+        for i in range(0, len(metrics), BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + BATCH], synchronous=True)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.tracker.log_params(self.run_id, params)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()],
+                              synchronous=True)
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), subdir)
+        elif path.exists():
+            self.client.log_artifact(self.run_id, str(path), subdir)
+
+    def log_dataset(self, name: str, digest: str, path: Path, context: str,
+                    schema: dict | None = None, profile: dict | None = None) -> None:
+        ds = Dataset(name=name, digest=digest[:36], source_type="local",
+                     source=json.dumps({"uri": Path(path).resolve().as_uri()}),
+                     schema=json.dumps(schema) if schema else None,
+                     profile=json.dumps(profile) if profile else None)
+        self.client.log_inputs(self.run_id, [DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])])
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
