@@ -159,29 +159,31 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
         dataset="tokenized", description="Megatron .bin/.idx shards per source and split"))
 
     # ---- training ---------------------------------------------------------------------------------
-    train_id = spec.train.identity_dict() | {"seed": seed}
+    train_id = spec.train.identity_dict()          # carries train.seed
     nodes.append(Node(
         key="pretrain", stage="train", name="pretrain", version="1",
         config={"train": train_id}, inputs={"shards": "tokenize"}, resumable=True,
         run=lambda ctx, inp: run_pretrain(spec.train, inp["shards"].dir, ctx),
         description="pretrain on Ray Train (DDP)"))
     model_nodes = {"pretrain": "pretrain"}
-    prev_key, prev_mix = "pretrain", dict(spec.train.mixture)
+    prev_key = "pretrain"
     if spec.continual.enabled:
         for phase in spec.continual.phases:
             key = f"continual.{phase.name}"
 
-            def cont_run(ctx, inp, phase=phase, prev_mix=prev_mix):
+            # replay blends in the mixture the previous stage actually trained on, which
+            # it recorded in <init>/mixture.json (so previous_mixture={} reads that)
+            def cont_run(ctx, inp, phase=phase):
                 return run_continual(phase, spec.train, inp["shards"].dir, inp["init"].dir, ctx,
-                                     previous_mixture=prev_mix)
+                                     previous_mixture={})
 
             nodes.append(Node(
                 key=key, stage="train", name=f"continual-{phase.name}", version="1",
-                config={"phase": phase.identity_dict(), "train": train_id, "previous_mixture": prev_mix},
+                config={"phase": phase.identity_dict(), "train": train_id},
                 inputs={"shards": "tokenize", "init": prev_key}, resumable=True, run=cont_run,
                 description=f"continual pretraining phase {phase.name} (re-warmed schedule)"))
             model_nodes[key] = key
-            prev_key, prev_mix = key, dict(phase.mixture)
+            prev_key = key
 
     # ---- evaluation ---------------------------------------------------------------------------------
     def eval_run(ctx, inp):

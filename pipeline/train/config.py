@@ -1,0 +1,174 @@
+"""Spec sections for pretraining (``train:``) and continual pretraining (``continual:``).
+
+Defaults are tiny so the quickstart trains on a laptop CPU in minutes; the GPU knobs
+(``precision: bf16``, ``compile: true``, ``use_gpu: true``) are the ones you change for a
+real run. Worker counts and per-worker micro-batching are resources: they change how
+fast a run goes, not what it computes (data order is a function of (seed, step) and the
+global batch), so they stay out of the artifact identity.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.specbase import Model
+
+
+class ModelConfig(Model):
+    """A decoder-only transformer built from a transformers config (never from a hub).
+
+    ``llama``: RMSNorm, SwiGLU MLP, rotary positions, optional grouped-query attention.
+    ``gpt2``: LayerNorm, GELU MLP, learned positions. Vocabulary size comes from the
+    tokenizer of the tokenize artifact.
+    """
+
+    family: Literal["llama", "gpt2"] = "llama"
+    d_model: int = Field(128, ge=8)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(4, ge=1)
+    n_kv_heads: int | None = Field(None, ge=1, description="GQA key/value heads (llama); default n_heads")
+    d_ff: int | None = Field(None, ge=1, description="MLP width; default 8/3*d (llama, rounded to 32) or 4*d (gpt2)")
+    seq_len: int = Field(256, ge=8, description="maximum context (position embeddings / RoPE range)")
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02  # GPT-2 / nanoGPT
+
+    @model_validator(mode="after")
+    def _check_heads(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % kv:
+            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={kv}")
+        if self.family == "gpt2" and kv != self.n_heads:
+            raise ValueError("gpt2 has no grouped-query attention: leave n_kv_heads unset")
+        return self
+
+    @property
+    def ff_width(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.family == "gpt2":
+            return 4 * self.d_model
+        return 32 * ((8 * self.d_model // 3 + 31) // 32)  # SwiGLU keeps params ~ 4d MLP
+
+
+class ScheduleConfig(Model):
+    """Learning-rate schedule; formulas in ``pipeline/train/schedules.py``."""
+
+    kind: Literal["cosine", "wsd", "infinite", "constant", "rewarm_cosine"] = "cosine"
+    max_lr: float = Field(1e-3, gt=0)
+    min_lr: float | None = Field(None, ge=0, description="absolute floor; default min_lr_ratio * max_lr")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)   # eta_min = 0.1 * eta_max (RESEARCH.md)
+    warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_fraction")
+    warmup_fraction: float = Field(0.01, ge=0, le=1)  # ~1% (re-warm: Gupta et al. 2023)
+    start_lr: float | None = Field(None, ge=0, description="rewarm_cosine: warmup start; default min_lr")
+    decay_fraction: float = Field(0.2, ge=0, le=1)    # wsd: MiniCPM decays the last 10-20%
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "linear"
+    cooldown_fraction: float = Field(0.2, ge=0, le=1)  # infinite: cosine max -> const
+    const_lr_ratio: float = Field(0.25, gt=0, le=1)    # infinite: eta_const / eta_max
+    anneal_fraction: float = Field(0.0, ge=0, le=1)    # infinite: 0 = no anneal
+
+    @property
+    def min_lr_value(self) -> float:
+        return self.min_lr if self.min_lr is not None else self.min_lr_ratio * self.max_lr
+
+    def warmup_for(self, total_steps: int) -> int:
+        if self.warmup_steps is not None:
+            return min(self.warmup_steps, total_steps)
+        return min(int(round(self.warmup_fraction * total_steps)), total_steps)
+
+
+class OptimizerConfig(Model):
+    """AdamW as in GPT-3 / Llama: betas (0.9, 0.95), weight decay 0.1 on matrices only,
+    gradient clipping at global norm 1.0. The learning rate comes from the schedule."""
+
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+
+
+class TrainConfig(Model):
+    """Pretraining: a model, a data mixture over tokenized sources, a schedule."""
+
+    _resource_fields = frozenset({"num_workers", "use_gpu", "cpus_per_worker",
+                                  "micro_batch_size", "log_every", "eval_every",
+                                  "checkpoint_every", "compile"})
+
+    model: ModelConfig = ModelConfig()
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(16, ge=1, description="global batch in sequences (all workers together)")
+    seq_len: int | None = Field(None, ge=8, description="training context; default model.seq_len")
+    mixture: dict[str, float] = Field(default_factory=dict,
+                                      description="source -> weight; empty = all sources weighted by tokens")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast on GPU only; CPU runs fp32
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    val_tokens_per_source: int = Field(16384, ge=0, description="val loss budget per source and eval")
+    # ---- resources (not part of identity) ----
+    num_workers: int = Field(2, ge=0, description="Ray Train workers; 0 = plain torch in-process")
+    use_gpu: bool = False
+    cpus_per_worker: int = Field(1, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1, description="per-worker micro batch (gradient accumulation)")
+    compile: bool = False   # torch.compile on GPU only
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(100, ge=0, description="0 = only at the end")
+    checkpoint_every: int = Field(100, ge=0, description="0 = only at the end")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.context > self.model.seq_len:
+            raise ValueError(f"seq_len={self.seq_len} exceeds model.seq_len={self.model.seq_len}")
+        for src, w in self.mixture.items():
+            if w < 0:
+                raise ValueError(f"mixture weight for {src!r} is negative ({w})")
+        if self.mixture and sum(self.mixture.values()) <= 0:
+            raise ValueError("mixture weights sum to zero")
+        return self
+
+    @property
+    def context(self) -> int:
+        return self.seq_len or self.model.seq_len
+
+
+class PhaseConfig(Model):
+    """One continual-pretraining phase, started from the previous stage's weights.
+
+    ``replay`` is the fraction of each batch drawn from the previous stage's mixture
+    (1-5% limits forgetting; ~25% for a strong shift such as a new language — Ibrahim et
+    al. 2024). The default schedule re-warms: linear warmup over 1% of the phase to a new
+    max, then cosine decay (Gupta et al. 2023).
+    """
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$")
+    steps: int = Field(100, ge=1)
+    mixture: dict[str, float] = Field(..., min_length=1)
+    replay: float = Field(0.05, ge=0, le=1)
+    schedule: ScheduleConfig = ScheduleConfig(kind="rewarm_cosine", max_lr=5e-4, warmup_fraction=0.01)
+    load_optimizer: bool = Field(False, description="continue AdamW moments from the previous stage")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if any(w < 0 for w in self.mixture.values()) or sum(self.mixture.values()) <= 0:
+            raise ValueError(f"phase {self.name!r}: mixture weights must be >= 0 and not all zero")
+        return self
+
+
+class ContinualConfig(Model):
+    enabled: bool = True
+    phases: list[PhaseConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.enabled and not self.phases:
+            raise ValueError("continual.enabled is true but no phases are given")
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"continual phase names must be unique, got {names}")
+        return self

@@ -1,0 +1,268 @@
+"""Stage entry points: ``run_pretrain`` and ``run_continual``.
+
+Both build a plain-values ``spec`` for ``pipeline.train.loop.train_worker`` and run it on
+Ray Train (``TorchTrainer``, DDP; Gloo on CPU, NCCL on GPU) or, with ``num_workers: 0``,
+in this process. Outputs under ``ctx.out_dir``:
+
+  checkpoint/state.pt   full training state (model, AdamW, step): exact resume
+  hf/                   save_pretrained weights + the tokenizer (AutoModelForCausalLM loads it)
+  train_log.jsonl       one line per step: loss, lr, grad norm, tokens/s, val losses
+  mixture.json          the effective source weights (after replay blending)
+  summary.json          final metrics (also returned and logged to MLflow)
+  plots/loss.png, plots/lr.png
+
+If ``ctx.out_dir/checkpoint/`` exists when a stage starts (the runner keeps a killed
+run's directory), training resumes from it instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+from pipeline.stage import StageContext
+from pipeline.train.config import PhaseConfig, ScheduleConfig, TrainConfig
+from pipeline.train.loop import CHECKPOINT, STATE_FILE, ray_train_func, train_worker
+from pipeline.train.schedules import lr_curve
+
+
+# ---- mixtures ---------------------------------------------------------------------------
+
+def normalize(weights: dict[str, float]) -> dict[str, float]:
+    total = float(sum(weights.values()))
+    if total <= 0:
+        raise ValueError(f"mixture weights sum to {total}: {weights}")
+    return {k: float(v) / total for k, v in sorted(weights.items()) if v > 0}
+
+
+def resolve_mixture(mixture: dict[str, float], shards: dict) -> dict[str, float]:
+    """Normalised weights; an empty mixture weights every source by its train tokens."""
+    if not mixture:
+        mixture = {s: float(sets["train"].n_tokens) for s, sets in shards.items()
+                   if sets["train"].n_tokens > 0}
+        if not mixture:
+            raise ValueError("the tokenize artifact holds no training tokens")
+    unknown = sorted(set(mixture) - set(shards))
+    if unknown:
+        raise ValueError(f"mixture names unknown source(s) {unknown}; "
+                         f"the tokenize artifact has {sorted(shards)}")
+    return normalize(mixture)
+
+
+def blend_mixture(new: dict[str, float], previous: dict[str, float],
+                  replay: float) -> dict[str, float]:
+    """``(1 - replay) * new + replay * previous`` (both normalised): replaying a fraction
+    of the old mixture limits forgetting (Ibrahim et al. 2024: 1-5%, ~25% for a new
+    language)."""
+    new_n = normalize(new)
+    if replay <= 0 or not previous:
+        return new_n
+    prev_n = normalize(previous)
+    out = {s: (1.0 - replay) * new_n.get(s, 0.0) + replay * prev_n.get(s, 0.0)
+           for s in set(new_n) | set(prev_n)}
+    return normalize(out)
+
+
+# ---- building and running the loop ------------------------------------------------------
+
+def _fingerprint(cfg: TrainConfig, schedule: ScheduleConfig, steps: int,
+                 mixture: dict[str, float], extra: str = "") -> str:
+    """What a checkpoint must agree on to be resumed (resources may differ)."""
+    blob = json.dumps({"train": cfg.identity_dict(), "schedule": schedule.identity_dict(),
+                       "steps": steps, "mixture": mixture, "extra": extra},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def loop_spec(cfg: TrainConfig, shards_dir: Path, out_dir: Path, *, name: str,
+              mixture: dict[str, float], schedule: ScheduleConfig, steps: int,
+              tracking_uri: str | None = None, run_id: str | None = None,
+              init_hf_dir: Path | None = None, init_optimizer: Path | None = None,
+              show_progress: bool = True) -> dict:
+    """The plain-values description of one training run that every worker receives."""
+    from pipeline.tokenize.tokenizer import load_tokenizer, resolve_tokenizer_dir
+
+    tok_dir = resolve_tokenizer_dir(Path(shards_dir))
+    _, eos_id, vocab_size = load_tokenizer(tok_dir)
+    return {
+        "name": name,
+        "train": cfg.model_dump(mode="json"),
+        "schedule": schedule.model_dump(mode="json"),
+        "steps": int(steps),
+        "mixture": mixture,
+        "seed": cfg.seed,
+        "shards_dir": str(Path(shards_dir).resolve()),
+        "tokenizer_dir": str(Path(tok_dir).resolve()),
+        "vocab_size": vocab_size,
+        "eos_token_id": eos_id,
+        "out_dir": str(Path(out_dir).resolve()),
+        "tracking_uri": tracking_uri,
+        "run_id": run_id,
+        "init_hf_dir": str(init_hf_dir) if init_hf_dir else None,
+        "init_optimizer": str(init_optimizer) if init_optimizer else None,
+        "show_progress": show_progress,
+        "fingerprint": _fingerprint(cfg, schedule, steps, mixture,
+                                    extra=str(init_hf_dir is not None)),
+    }
+
+
+def execute(spec: dict, cfg: TrainConfig, num_cpus: int | None = None) -> dict:
+    """Run the loop on Ray Train (``num_workers >= 1``) or in-process (``0``); return the
+    rank-0 summary."""
+    if cfg.num_workers == 0:
+        train_worker(spec)
+    else:
+        _fit_ray(spec, cfg, num_cpus)
+    summary_path = Path(spec["out_dir"]) / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"training finished without writing {summary_path}")
+    return json.loads(summary_path.read_text())
+
+
+def _fit_ray(spec: dict, cfg: TrainConfig, num_cpus: int | None) -> None:
+    from pipeline.engine import ensure_ray
+
+    ray = ensure_ray(num_cpus)
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    need = cfg.num_workers * cfg.cpus_per_worker
+    have = ray.cluster_resources().get("CPU", 0)
+    if need > have:
+        raise ValueError(f"train.num_workers={cfg.num_workers} x cpus_per_worker="
+                         f"{cfg.cpus_per_worker} needs {need} CPUs; the Ray cluster has {have:g}")
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.use_gpu and cfg.num_workers > gpus:
+        raise ValueError(f"train.use_gpu with num_workers={cfg.num_workers} needs as many GPUs; "
+                         f"the Ray cluster has {gpus:g}")
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    # Ray Train's own run state goes to a throwaway directory: our checkpoints live in
+    # out_dir (shared storage is required for multi-node clusters, see docs).
+    with tempfile.TemporaryDirectory(prefix="forgeflow-raytrain-") as storage:
+        trainer = TorchTrainer(
+            ray_train_func,
+            train_loop_config=spec,
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                         resources_per_worker=resources),
+            torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+            run_config=RunConfig(name=spec["name"].replace(".", "-"), storage_path=storage,
+                                 failure_config=FailureConfig(max_failures=0)),
+        )
+        trainer.fit()
+
+
+# ---- reporting --------------------------------------------------------------------------
+
+def read_log(out_dir: Path) -> list[dict]:
+    path = Path(out_dir) / "train_log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _plots(ctx: StageContext, records: list[dict], schedule: ScheduleConfig, steps: int,
+           title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="train", lw=1)
+    val_keys = sorted({k for r in records for k in r if k.startswith("val_loss.")})
+    for k in val_keys:
+        pts = [(r["step"], r[k]) for r in records if k in r]
+        ax.plot(*zip(*pts), marker="o", ms=3, label=k.replace("val_loss.", "val "))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"{title}: loss")
+    ax.legend(fontsize=7)
+    ctx.figure(fig, "loss.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(range(steps + 1), lr_curve(steps, schedule), lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(f"{title}: {schedule.kind} schedule")
+    ctx.figure(fig, "lr.png")
+
+
+def _finish(ctx: StageContext, summary: dict, mixture: dict[str, float],
+            schedule: ScheduleConfig, steps: int, title: str) -> dict:
+    records = read_log(ctx.out_dir)
+    if records:
+        _plots(ctx, records, schedule, steps, title)
+        ctx.artifact(ctx.out_dir / "train_log.jsonl")
+    metrics = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+    ctx.metrics(metrics)
+    ctx.note(f"**{title}**: {int(summary['steps'])} steps, {summary['tokens_seen']:,} tokens, "
+             f"{int(summary.get('params', 0)):,} params, final loss {summary['final_loss']:.4f}, "
+             f"{summary['tokens_per_s']:,.0f} tokens/s")
+    for k in sorted(k for k in summary if k.startswith("final_val_loss.")):
+        ctx.note(f"- val loss {k.split('.', 1)[1]}: {summary[k]:.4f}")
+    ctx.note("- mixture: " + ", ".join(f"{s} {w:.3f}" for s, w in mixture.items()))
+    return metrics
+
+
+# ---- entry points -----------------------------------------------------------------------
+
+def run_pretrain(cfg: TrainConfig, shards_dir: Path, ctx: StageContext) -> dict:
+    """Pretrain ``cfg.model`` on the tokenize artifact ``shards_dir``; resumes from
+    ``ctx.out_dir/checkpoint/`` when present. Returns flat metrics."""
+    from pipeline.tokenize.reader import open_shards
+
+    shards_dir = Path(shards_dir)
+    mixture = resolve_mixture(cfg.mixture, open_shards(shards_dir))
+    for src, w in mixture.items():
+        ctx.param(f"mix.{src}", round(w, 6))
+    (ctx.out_dir / "mixture.json").write_text(json.dumps(mixture, indent=1))
+    resumed = (ctx.out_dir / CHECKPOINT / STATE_FILE).exists()
+    if resumed:
+        ctx.note(f"resumed from {ctx.out_dir / CHECKPOINT}")
+    spec = loop_spec(cfg, shards_dir, ctx.out_dir, name=ctx.name, mixture=mixture,
+                     schedule=cfg.schedule, steps=cfg.steps, tracking_uri=ctx.tracking_uri,
+                     run_id=ctx.mlflow_run_id, show_progress=ctx.show_progress)
+    summary = execute(spec, cfg, ctx.num_cpus)
+    return _finish(ctx, summary, mixture, cfg.schedule, cfg.steps, ctx.name)
+
+
+def run_continual(phase: PhaseConfig, train_cfg: TrainConfig, shards_dir: Path,
+                  init_dir: Path, ctx: StageContext,
+                  previous_mixture: dict[str, float]) -> dict:
+    """Continue training ``<init_dir>/hf`` on ``phase.mixture`` blended with
+    ``phase.replay`` of ``previous_mixture``, under the phase's (re-warming) schedule.
+
+    ``init_dir`` is the artifact of the pretrain stage or of the previous phase;
+    ``previous_mixture`` is the mixture that produced it. When it is empty (a spec whose
+    ``train.mixture`` is empty weights sources by tokens) the effective mixture recorded
+    in ``<init_dir>/mixture.json`` is used."""
+    from pipeline.tokenize.reader import open_shards
+
+    init_dir, shards_dir = Path(init_dir), Path(shards_dir)
+    if not (init_dir / "hf").is_dir():
+        raise FileNotFoundError(f"{init_dir / 'hf'} does not exist: continual phase "
+                                f"{phase.name!r} needs the previous stage's weights")
+    if not previous_mixture and (init_dir / "mixture.json").exists():
+        previous_mixture = json.loads((init_dir / "mixture.json").read_text())
+    shards = open_shards(shards_dir)
+    mixture = blend_mixture(resolve_mixture(phase.mixture, shards),
+                            resolve_mixture(previous_mixture, shards) if previous_mixture else {},
+                            phase.replay)
+    for src, w in mixture.items():
+        ctx.param(f"mix.{src}", round(w, 6))
+    ctx.param("replay", phase.replay)
+    (ctx.out_dir / "mixture.json").write_text(json.dumps(mixture, indent=1))
+    cfg = train_cfg.model_copy(update={"steps": phase.steps, "mixture": mixture,
+                                       "schedule": phase.schedule})
+    init_opt = init_dir / CHECKPOINT / STATE_FILE if phase.load_optimizer else None
+    if init_opt is not None and not init_opt.exists():
+        raise FileNotFoundError(f"phase {phase.name!r} sets load_optimizer but {init_opt} is missing")
+    spec = loop_spec(cfg, shards_dir, ctx.out_dir, name=ctx.name, mixture=mixture,
+                     schedule=phase.schedule, steps=phase.steps, tracking_uri=ctx.tracking_uri,
+                     run_id=ctx.mlflow_run_id, init_hf_dir=init_dir / "hf",
+                     init_optimizer=init_opt, show_progress=ctx.show_progress)
+    summary = execute(spec, cfg, ctx.num_cpus)
+    return _finish(ctx, summary, mixture, phase.schedule, phase.steps,
+                   f"{ctx.name} ({phase.schedule.kind}, replay {phase.replay:g})")
