@@ -1,14 +1,18 @@
 """Throughput: single-process vs Ray Train 2 workers (same config, same machine, same run);
-evaluation BPB batched vs one window at a time."""
-import sys, time, json, shutil
-sys.path.insert(0, "/work/main/tests"); sys.path.insert(0, "/work/main")
+evaluation BPB batched vs one window at a time.
+
+    .venv/bin/python bench/train.py        # reads real text from ../shared/data
+"""
+import sys, time, json, shutil, tempfile
 from pathlib import Path
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests")); sys.path.insert(0, str(REPO))
 from test_train_data import make_shards
 from pipeline.stage import StageContext
 from pipeline.train.config import TrainConfig, ModelConfig, ScheduleConfig
 from pipeline.train.stage import run_pretrain
 from pipeline.engine import ensure_ray
-root = Path("/tmp/trainbench"); d = make_shards(root / "tok")
+root = Path(tempfile.mkdtemp(prefix="ff-bench-train-")); d = make_shards(root / "tok")
 def cfg(w): return TrainConfig(model=ModelConfig(d_model=128, n_layers=4, n_heads=4, seq_len=128),
     steps=30, batch_size=16, num_workers=w, log_every=10, eval_every=0, checkpoint_every=0,
     val_tokens_per_source=512, schedule=ScheduleConfig(max_lr=2e-3, warmup_steps=3))

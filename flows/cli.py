@@ -58,10 +58,16 @@ def cmd_validate(args) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from pipeline.runner import plan_identities
+    ids = plan_identities(plan)
+    if args.json:
+        print(json.dumps({"stages": [{"key": n.key, "stage": n.stage, "identity": ids[n.key],
+                                      "inputs": n.inputs} for n in plan]}, indent=1))
+        return 0
     print(f"spec OK: {args.config} ({len(spec.sources)} source(s), {len(plan)} stage(s))")
     for node in plan:
         deps = ", ".join(node.inputs.values()) or "-"
-        print(f"  {node.key:<28} <- {deps}")
+        print(f"  {node.key:<24} {ids[node.key][:12]}  <- {deps}")
     return 0
 
 
@@ -175,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("validate", help="validate the spec and print the stage plan")
     with_config(p)
+    p.add_argument("--json", action="store_true", help="print the plan with identities as JSON")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("schema", help="print the JSON Schema of the spec")
     p.set_defaults(func=cmd_schema)

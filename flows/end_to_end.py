@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
 from pipeline.plan import Node, build_plan
-from pipeline.runner import Outcome, RunEnv, execute, lookup, record_cached
+from pipeline.runner import Outcome, RunEnv, execute, lookup, node_identity, record_cached
 from pipeline.spec import load_spec
 from pipeline.store import Artifact
 
@@ -33,11 +33,17 @@ def _node_env(run_key: str, node_key: str) -> tuple[Node, RunEnv]:
     return plan[node_key], env
 
 
-def _cache_key(context: TaskRunContext, parameters: dict) -> str | None:
-    """The artifact identity, if (and only if) the store holds a committed artifact."""
+def _cache_key(context: TaskRunContext, parameters: dict) -> str:
+    """The artifact identity. The store is the source of truth: when it does not hold the
+    artifact (deleted, or never committed), a Prefect record under the same key is stale
+    and is dropped, so Prefect runs the task instead of serving a result that is gone."""
     node, env = _node_env(parameters["run_key"], parameters["node_key"])
-    existing = lookup(node, parameters["upstream"], env)
-    return f"forgeflow-{existing.identity}" if existing else None
+    key = f"forgeflow-{node_identity(node, parameters['upstream'])}"
+    if lookup(node, parameters["upstream"], env) is None:
+        from prefect.settings import get_current_settings
+        stale = Path(get_current_settings().results.local_storage_path) / key
+        stale.unlink(missing_ok=True)
+    return key
 
 
 def _slug(text: str) -> str:

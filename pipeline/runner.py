@@ -163,3 +163,17 @@ def _log_dataset(run: StageRun, artifact: Artifact, context: str) -> None:
     run.log_dataset(name=f"{artifact.stage}/{artifact.name}", digest=artifact.identity,
                     path=artifact.dir, context=context,
                     profile={"identity": artifact.identity, **rows})
+
+
+def plan_identities(plan: list[Node]) -> dict[str, str]:
+    """Every node's identity, computed statically from the spec (nothing runs).
+
+    Identities depend only on configs and upstream identities, so the whole chain is
+    known before the first stage starts: ``forgeflow validate`` prints it, and a killed
+    run must finish with exactly these."""
+    ids: dict[str, str] = {}
+    for node in plan:
+        inputs = {name: Artifact(stage="", name="", identity=ids[key], path="")
+                  for name, key in node.inputs.items()}
+        ids[node.key] = node_identity(node, inputs)
+    return ids

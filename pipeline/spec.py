@@ -103,7 +103,7 @@ class PipelineSpec(Model):
     dedup: DedupConfig = DedupConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     train: TrainConfig = TrainConfig()
-    continual: ContinualConfig = ContinualConfig()
+    continual: ContinualConfig = Field(default_factory=lambda: ContinualConfig(enabled=False))
     evaluate: EvaluateConfig = EvaluateConfig()
 
     # where the YAML lives: relative paths in the spec resolve against it
