@@ -1,0 +1,89 @@
+"""Helpers for the end-to-end tests: run the real CLI in a subprocess, read MLflow and
+Prefect back through their clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(workdir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_ADDRESS"))}
+    env["PREFECT_HOME"] = str(workdir / "prefect")
+    env["PYTHONPATH"] = str(REPO)
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env
+
+
+def forgeflow(*args: str, workdir: Path, timeout: int = 900, check: bool = True,
+              popen: bool = False):
+    cmd = [sys.executable, "-m", "flows.cli", *args]
+    if popen:
+        return subprocess.Popen(cmd, cwd=REPO, env=cli_env(workdir), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=cli_env(workdir), capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"forgeflow {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def plan(config: str, *overrides: str, workdir: Path) -> dict[str, str]:
+    """node key -> identity, computed statically by `forgeflow validate --json`."""
+    out = forgeflow("validate", config, *overrides, "--json", workdir=workdir).stdout
+    return {s["key"]: s["identity"] for s in json.loads(out)["stages"]}
+
+
+def mlflow_runs(workdir: Path, experiment: str):
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = sorted((r for r in runs if r.data.tags.get("forgeflow.kind") == "pipeline"),
+                     key=lambda r: r.info.start_time)
+    children = {}
+    for r in runs:
+        pid = r.data.tags.get("mlflow.parentRunId")
+        if pid:
+            children.setdefault(pid, []).append(r)
+    return client, parents, children
+
+
+PREFECT_QUERY = r"""
+import asyncio, json
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import FlowRunSort
+async def main():
+    async with get_client() as c:
+        flows = await c.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
+        out = []
+        for fr in flows:
+            trs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
+            arts = await c.read_artifacts()
+            out.append({"id": str(fr.id), "name": fr.name, "state": fr.state.name,
+                        "tasks": {t.name: t.state.name for t in trs},
+                        "task_inputs": {t.name: sorted(t.task_inputs.keys()) for t in trs},
+                        "upstream": {t.name: sorted(str(i.id) for v in t.task_inputs.values() for i in v
+                                                    if getattr(i, "input_type", "") == "task_run")
+                                     for t in trs},
+                        "task_ids": {str(t.id): t.name for t in trs},
+                        "artifacts": sorted({a.key for a in arts if a.key and a.flow_run_id == fr.id})})
+        print(json.dumps(out))
+asyncio.run(main())
+"""
+
+
+def prefect_runs(workdir: Path) -> list[dict]:
+    """Flow runs (newest first) with their task runs' names and states, via the Prefect client."""
+    proc = subprocess.run([sys.executable, "-c", PREFECT_QUERY], cwd=REPO, env=cli_env(workdir),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
