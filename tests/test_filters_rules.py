@@ -1,0 +1,287 @@
+"""Heuristic filter rules on crafted documents, on both sides of each published threshold."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.filters.badwords import BadWordsConfig, BadWordsFilter
+from pipeline.filters.c4 import C4Config, C4Filter
+from pipeline.filters.fineweb import FineWebConfig, FineWebFilter
+from pipeline.filters.gopher_quality import GopherQualityConfig, GopherQualityFilter
+from pipeline.filters.gopher_repetition import GopherRepetitionConfig, GopherRepetitionFilter
+from pipeline.filters.text import TextBatch
+from pipeline.filters.url_blocklist import URLBlocklistConfig, URLBlocklistFilter
+from tests.conftest import shared_path
+
+RNG = random.Random(7)
+VOCAB = sorted({"".join(RNG.choice("bcdfghklmnprstvz") + RNG.choice("aeiou") for _ in range(RNG.randint(2, 3)))
+                for _ in range(3000)})
+
+
+def words(n: int, rng: random.Random | None = None) -> list[str]:
+    """n distinct-looking pseudo-words (length 4-6): no accidental repetition."""
+    rng = rng or random.Random(n)
+    return [rng.choice(VOCAB) for _ in range(n)]
+
+
+def run(flt, docs, urls=None):
+    table = pa.table({"url": urls}) if urls is not None else None
+    res = flt.apply(TextBatch(pa.array(docs, pa.string()), table))
+    return res
+
+
+def assert_decisions(flt, keep_doc, drop_doc, rule):
+    res = run(flt, [keep_doc, drop_doc])
+    assert res.keep.tolist() == [True, False], (res.detail, {k: v for k, v in res.scores.items()})
+    assert res.detail[1].startswith(rule + "="), res.detail[1]
+    return res
+
+
+# ---------------------------------------------------------------------------- Gopher quality
+GQ_ONLY = dict(min_words=None, max_words=None, min_avg_word_length=None, max_avg_word_length=None,
+               max_symbol_word_ratio=None, max_bullet_lines_ratio=None, max_ellipsis_lines_ratio=None,
+               min_alpha_words_ratio=None, min_stop_words=0)
+
+
+def gq(**over):
+    return GopherQualityFilter(GopherQualityConfig(**{**GQ_ONLY, **over}))
+
+
+def test_gopher_quality_word_count_bounds():
+    f = GopherQualityFilter(GopherQualityConfig())         # all published defaults
+    base = ["the", "of"] + words(48)
+    assert_decisions(f, " ".join(base), " ".join(base[:-1]), "n_words")
+    # symbol-only tokens are not words: 49 words + 5 "--" tokens still fails
+    res = run(f, [" ".join(base[:-1] + ["--", "…", "##", "!!", "&"])])
+    assert not res.keep[0]
+    assert res.scores["n_words"][0] == 49
+    assert_decisions(gq(max_words=100), " ".join(words(100)), " ".join(words(101)), "n_words")
+
+
+def test_gopher_quality_avg_word_length():
+    assert_decisions(gq(min_avg_word_length=3), " ".join(["abc"] * 60), " ".join(["ab"] * 60),
+                     "avg_word_length")
+    # punctuation at the ends is stripped before measuring: "abc," has length 3
+    assert run(gq(min_avg_word_length=3), [" ".join(["abc,"] * 60)]).keep[0]
+    assert_decisions(gq(max_avg_word_length=10), " ".join(["a" * 10] * 60), " ".join(["a" * 11] * 60),
+                     "avg_word_length")
+
+
+def test_gopher_quality_symbol_ratios():
+    w = words(100)
+    keep = " ".join(f"#{x}" if i < 10 else x for i, x in enumerate(w))
+    drop = " ".join(f"#{x}" if i < 11 else x for i, x in enumerate(w))
+    assert_decisions(gq(max_symbol_word_ratio=0.1), keep, drop, "hash_ratio")
+    keep = " ".join(f"{x}..." if i < 10 else x for i, x in enumerate(w))
+    drop = " ".join(f"{x}…" if i < 11 else x for i, x in enumerate(w))
+    assert_decisions(gq(max_symbol_word_ratio=0.1), keep, drop, "ellipsis_ratio")
+
+
+def test_gopher_quality_line_ratios():
+    lines = [" ".join(words(8, random.Random(i))) for i in range(10)]
+    keep = "\n".join(("- " + l) if i < 9 else l for i, l in enumerate(lines))
+    drop = "\n".join("• " + l for l in lines)
+    assert_decisions(gq(max_bullet_lines_ratio=0.9), keep, drop, "bullet_lines_ratio")
+    keep = "\n".join((l + " ...") if i < 3 else l for i, l in enumerate(lines))
+    drop = "\n".join((l + "…") if i < 4 else l for i, l in enumerate(lines))
+    assert_decisions(gq(max_ellipsis_lines_ratio=0.3), keep, drop, "ellipsis_lines_ratio")
+
+
+def test_gopher_quality_alpha_and_stop_words():
+    w = words(100)
+    keep = " ".join("12345" if i < 20 else x for i, x in enumerate(w))
+    drop = " ".join("12345" if i < 21 else x for i, x in enumerate(w))
+    assert_decisions(gq(min_alpha_words_ratio=0.8), keep, drop, "alpha_words_ratio")
+    w = words(60)
+    assert_decisions(gq(min_stop_words=2), " ".join(["The"] + w + ["and."]), " ".join(["the"] + w),
+                     "stop_words")
+
+
+# ---------------------------------------------------------------------------- Gopher repetition
+def rep(**over):
+    base = dict(max_dup_line_fraction=None, max_dup_para_fraction=None, max_dup_line_char_fraction=None,
+                max_dup_para_char_fraction=None, top_ngram_max={}, dup_ngram_max={})
+    return GopherRepetitionFilter(GopherRepetitionConfig(**{**base, **over}))
+
+
+def test_gopher_repetition_duplicate_lines_and_paragraphs():
+    lines = [" ".join(words(6, random.Random(i))) for i in range(10)]
+    keep = "\n".join(lines[:7] + [lines[0]] * 3)            # 3/10 duplicate lines
+    drop = "\n".join(lines[:6] + [lines[0]] * 4)            # 4/10
+    assert_decisions(rep(max_dup_line_fraction=0.3), keep, drop, "dup_line_frac")
+    assert_decisions(rep(max_dup_para_fraction=0.3), keep.replace("\n", "\n\n"),
+                     drop.replace("\n", "\n\n"), "dup_para_frac")
+    # character fractions: one long line repeated vs. short ones
+    long, short = "x" * 200, [f"line {i} " + "y" * 90 for i in range(8)]
+    keep = "\n".join(short + [long])                         # no duplicates
+    drop = "\n".join(short + [long, long])
+    res = run(rep(max_dup_line_char_fraction=0.2), [keep, drop])
+    frac = res.scores["dup_line_char_frac"][1]
+    assert res.scores["dup_line_char_frac"][0] == 0
+    assert abs(frac - 200 / len(drop)) < 1e-9
+    assert res.keep[1] == (frac <= 0.2)
+
+
+def test_gopher_repetition_char_fraction_thresholds():
+    pad = " ".join(words(150))
+    line = "z" * 100
+    # duplicate chars = 100 (second copy); total = len(doc). Pick pad so fraction straddles 0.2
+    keep = pad[: 400] + "\n" + line + "\n" + line          # 100 / 602 < 0.2
+    drop = pad[: 290] + "\n" + line + "\n" + line          # 100 / 492 = 0.203
+    res = assert_decisions(rep(max_dup_line_char_fraction=0.2), keep, drop, "dup_line_char_frac")
+    assert res.scores["dup_line_char_frac"][0] == pytest.approx(100 / len(keep))
+    assert_decisions(rep(max_dup_para_char_fraction=0.2), keep.replace("\n", "\n\n"),
+                     drop.replace("\n", "\n\n"), "dup_para_char_frac")
+
+
+def test_gopher_repetition_top_ngram():
+    # "ab cd" x k inside otherwise distinct words; top 2-gram chars = 5 * count
+    w = words(200)
+    def doc(k):
+        return " ".join(w[:100] + ["ab cd"] * k + w[100:])
+    f = rep(top_ngram_max={2: 0.20})
+    res = run(f, [doc(10), doc(100)])
+    for i, k in enumerate((10, 100)):
+        assert res.scores["top_2gram_char_frac"][i] == pytest.approx(5 * k / len(doc(k)))
+    assert res.keep.tolist() == [True, False]
+    assert res.detail[1].startswith("top_2gram_char_frac=")
+
+
+def test_gopher_repetition_duplicate_ngrams():
+    w = words(300)
+    block = w[:20]                      # a 20-word passage repeated once
+    keep = " ".join(w[20:] + block)                         # no repeat
+    drop = " ".join(block + w[20:120] + block)              # 40 of 140 words covered
+    f = rep(dup_ngram_max={5: 0.15, 10: 0.10})
+    res = run(f, [keep, drop])
+    assert res.scores["dup_5gram_char_frac"][0] == 0
+    covered = sum(map(len, block)) * 2
+    total = sum(map(len, block + w[20:120] + block))
+    assert res.scores["dup_5gram_char_frac"][1] == pytest.approx(covered / total)
+    assert res.keep.tolist() == [True, False]
+
+
+def test_ngram_statistics_respect_document_boundaries():
+    # the same 5-gram once in each of two documents is not a duplicate in either
+    f = rep(dup_ngram_max={5: 0.15})
+    five = "aa bb cc dd ee"
+    res = run(f, [five + " " + " ".join(words(20)), five + " " + " ".join(words(20, random.Random(9)))])
+    assert res.scores["dup_5gram_char_frac"].tolist() == [0, 0]
+
+
+# ---------------------------------------------------------------------------- FineWeb
+def fw(**over):
+    base = dict(min_line_punct_ratio=None, max_short_line_ratio=None, max_dup_line_char_ratio=None,
+                max_newline_per_word=None)
+    return FineWebFilter(FineWebConfig(**{**base, **over}))
+
+
+def test_fineweb_rules():
+    lines = [" ".join(words(12, random.Random(i))) for i in range(100)]
+    keep = "\n".join((l + ".") if i < 12 else l for i, l in enumerate(lines))   # 0.12
+    drop = "\n".join((l + ".") if i < 11 else l for i, l in enumerate(lines))   # 0.11
+    assert_decisions(fw(min_line_punct_ratio=0.12), keep, drop, "line_punct_ratio")
+    short = [f"s{i:02d} " + "q" * 20 for i in range(100)]                     # 24 chars
+    keep = "\n".join(short[:67] + lines[:33])
+    drop = "\n".join(short[:68] + lines[:32])
+    assert_decisions(fw(max_short_line_ratio=0.67), keep, drop, "short_line_ratio")
+    dup = lines[0]
+    keep = "\n".join(lines[:99] + [lines[0][:5]])            # no duplicate line
+    drop = "\n".join(lines[:99] + [dup])
+    res = assert_decisions(fw(max_dup_line_char_ratio=0.01), keep, drop, "dup_line_char_ratio")
+    assert res.scores["dup_line_char_ratio"][1] == pytest.approx(len(dup) / len(drop.replace("\n", "")))
+    # newlines per word: 30 newlines / 100 words = 0.3 keeps, 31 drops
+    w = words(100)
+    keep = " ".join(w[:70]) + "\n" + "\n".join(w[70:100])     # 30 newlines
+    drop = "\n".join(w[:32]) + " " + " ".join(w[32:100])      # 31 newlines
+    assert_decisions(fw(max_newline_per_word=0.3), keep, drop, "newline_per_word")
+
+
+def test_fineweb_empty_document_is_removed_as_empty():
+    res = run(FineWebFilter(FineWebConfig()), ["\n \n", "word " * 10 + "."])
+    assert res.keep[0] == False  # noqa: E712
+    assert res.detail[0].startswith("n_lines=0")
+
+
+# ---------------------------------------------------------------------------- C4
+def sentence(i: int) -> str:
+    return " ".join(words(8, random.Random(1000 + i))).capitalize() + "."
+
+
+def test_c4_line_cleaning_modifies_text():
+    good = [sentence(i) for i in range(6)]
+    doc = "\n".join([good[0], "Menu", "Enable javascript to see this page.", good[1],
+                     "This site uses cookies for analytics.", "no punctuation at the end here",
+                     good[2] + " [1]", "Read more...", "x" * 1001 + " is long.", good[3], good[4], good[5]])
+    res = run(C4Filter(C4Config()), [doc])
+    assert res.keep[0]
+    assert res.new_text[0].as_py() == "\n".join([good[0], good[1], good[2], *good[3:]])
+    assert res.scores["lines_dropped"][0] == 6
+
+
+def test_c4_document_rules():
+    good = "\n".join(sentence(i) for i in range(5))
+    four = "\n".join(sentence(i) for i in range(4))
+    assert_decisions(C4Filter(C4Config()), good, four, "n_sentences")
+    # several sentences on one line count separately
+    assert run(C4Filter(C4Config()), [" ".join(sentence(i) for i in range(5))]).keep[0]
+    assert_decisions(C4Filter(C4Config()), good, good + "\nLorem ipsum dolor sit amet, consectetur.",
+                     "lorem_ipsum")
+    assert_decisions(C4Filter(C4Config()), good, good + "\nThe function f { returns } zero.",
+                     "curly_bracket")
+
+
+def test_c4_badwords_rule_with_ldnoobw_en():
+    path = shared_path("badwords", "en")
+    f = C4Filter(C4Config(badwords_paths=[str(path)]))
+    good = "\n".join(sentence(i) for i in range(5))
+    res = assert_decisions(f, good, good + "\nWhat a load of bullshit this whole thing is.", "badwords")
+    # substrings of listed words inside other words do not match ("scunthorpe problem")
+    assert run(f, [good + "\nWe visited Scunthorpe and Essex in the spring."]).keep[0]
+    # multi-word entries match as phrases
+    assert not run(f, [good + "\nThey once ordered an Alabama hot pocket, sadly."]).keep[0]
+    assert res.scores["badwords"][1] >= 1
+
+
+def test_badwords_fraction_filter():
+    path = shared_path("badwords", "en")
+    f = BadWordsFilter(BadWordsConfig(paths=[str(path)], max_fraction=0.01))
+    w = words(199)
+    keep = " ".join(w[:100] + ["shit"] + w[100:])          # 1/200 = 0.005
+    drop = " ".join(w[:50] + ["shit"] + w[50:150] + ["fuck"] + w[150:197])   # 2/199 > 0.01
+    assert_decisions(f, keep, drop, "fraction")
+
+
+# ---------------------------------------------------------------------------- URLs
+def test_url_blocklist(tmp_path):
+    (tmp_path / "domains.txt").write_text("# adult\nbad.example\n")
+    (tmp_path / "kw.txt").write_text("casino\n")
+    f = URLBlocklistFilter(URLBlocklistConfig(domain_paths=[str(tmp_path / "domains.txt")],
+                                              keyword_paths=[str(tmp_path / "kw.txt")]))
+    urls = ["https://good.example/a", "http://cdn.bad.example:8080/x", "https://ok.org/online-CASINO",
+            None, "https://notbad.example/"]
+    res = run(f, ["t"] * 5, urls)
+    assert res.keep.tolist() == [True, False, False, True, True]
+    assert res.detail[1] == "url=domain:bad.example"
+    assert res.detail[2] == "url=keyword:casino"
+
+
+# ---------------------------------------------------------------------------- word splitting
+def test_words_without_spaces_are_split_per_character():
+    b = TextBatch(pa.array(["今日は良い天気です", "hello  world ", "", "ภาษาไทย"]))
+    assert b.words.count.tolist() == [9, 2, 0, 7]
+    f = GopherQualityFilter(GopherQualityConfig(min_stop_words=0))
+    res = run(f, ["日本語の文章です。" * 10])
+    assert res.scores["n_words"][0] == 80   # 8 characters a sentence (the full stop is a symbol)
+
+
+def test_scores_are_numpy_aligned_per_document():
+    f = GopherQualityFilter(GopherQualityConfig())
+    docs = ["", " ".join(words(60)), "\n\n", "a"]
+    res = run(f, docs)
+    assert len(res.keep) == 4 and all(len(np.asarray(v)) == 4 for v in res.scores.values())
+    assert res.scores["n_words"].tolist() == [0, 60, 0, 1]
