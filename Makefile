@@ -30,7 +30,7 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/filters.py
 	$(BIN)/python bench/dedup.py
-	$(BIN)/python bench/tokenize.py
+	$(BIN)/python bench/tokenization.py
 
 ui: install
 	$(BIN)/forgeflow ui --workdir $(WORKDIR)

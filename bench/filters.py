@@ -28,10 +28,6 @@ from __future__ import annotations
 import os
 import sys
 
-# bench/tokenize.py would shadow the standard library's `tokenize` (imported by numpy via
-# `inspect`) when this file runs as a script: take bench/ off the import path first.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse  # noqa: E402
 import ast  # noqa: E402

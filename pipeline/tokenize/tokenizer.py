@@ -1,0 +1,175 @@
+"""Train a byte-level BPE, or load and validate an existing Hugging Face tokenizer.
+
+The artifact is a Hugging Face tokenizer directory (``tokenizer.json`` +
+``tokenizer_config.json``) that ``transformers.AutoTokenizer.from_pretrained`` loads
+as a fast tokenizer with bos/eos/pad set, and that the shard writer loads with the
+Rust ``tokenizers`` library directly.
+
+Byte-level BPE (GPT-2, Radford et al. 2019): text is mapped to bytes, the 256 bytes
+are the base alphabet, merges are learned on top. Every string (emoji, CJK, control
+characters, invalid surrogates aside) therefore encodes and decodes back exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import xxhash
+
+from pipeline.tokenize.config import TokenizerConfig
+
+REQUIRED_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+# ---- training --------------------------------------------------------------------------
+
+def train_bpe(texts: Iterable[str], cfg: TokenizerConfig):
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on ``texts`` (streamed)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    if cfg.lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    # add_prefix_space=False: the first word of a document is not given a space, so
+    # decode(encode(text)) == text exactly; use_regex=True: GPT-2's pre-token regex.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=list(cfg.special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def save_hf(tok, out_dir: Path, cfg: TokenizerConfig) -> Path:
+    """Save as a Hugging Face directory: EOS = BOS = the first special token (GPT-2's
+    convention), PAD = the second (or EOS when there is only one)."""
+    from transformers import PreTrainedTokenizerFast
+
+    eos = cfg.special_tokens[0]
+    pad = cfg.special_tokens[1] if len(cfg.special_tokens) > 1 else eos
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eos, eos_token=eos,
+                                 pad_token=pad, clean_up_tokenization_spaces=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(out_dir))
+    return out_dir
+
+
+# ---- loading ---------------------------------------------------------------------------
+
+def check_tokenizer_dir(path: Path) -> None:
+    """A clear error naming what is missing when ``path`` is not a usable tokenizer dir."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        present = sorted(p.name for p in path.iterdir())
+        raise FileNotFoundError(
+            f"tokenizer directory {path} is missing {', '.join(missing)} "
+            f"(has: {', '.join(present) or 'nothing'}); a Hugging Face fast tokenizer "
+            "saved with save_pretrained() has both")
+    try:
+        json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"{path / 'tokenizer_config.json'} is not valid JSON: {exc}") from None
+
+
+def resolve_tokenizer_dir(path: Path) -> Path:
+    """Accept either the tokenizer directory or an artifact that holds ``tokenizer/``."""
+    path = Path(path)
+    if not (path / "tokenizer.json").exists() and (path / "tokenizer" / "tokenizer.json").exists():
+        return path / "tokenizer"
+    return path
+
+
+def load_tokenizer(path: Path):
+    """``(tokenizers.Tokenizer, eos_id, vocab_size)`` from a validated HF directory.
+
+    EOS comes from ``tokenizer_config.json``'s ``eos_token``; without one the
+    tokenizer cannot mark document ends and is refused."""
+    from tokenizers import Tokenizer
+
+    path = resolve_tokenizer_dir(path)
+    check_tokenizer_dir(path)
+    try:
+        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception as exc:
+        raise ValueError(f"{path / 'tokenizer.json'} cannot be loaded by tokenizers: {exc}") from None
+    conf = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    eos = conf.get("eos_token")
+    if isinstance(eos, dict):          # older transformers save AddedToken dicts
+        eos = eos.get("content")
+    if not eos:
+        raise ValueError(f"{path / 'tokenizer_config.json'} sets no eos_token; documents "
+                         "need an end-of-sequence token between them")
+    eos_id = tok.token_to_id(eos)
+    if eos_id is None:
+        raise ValueError(f"eos_token {eos!r} of {path} is not in its vocabulary")
+    return tok, eos_id, tok.get_vocab_size(with_added_tokens=True)
+
+
+def copy_tokenizer(src: Path, dst: Path) -> Path:
+    src = resolve_tokenizer_dir(src)
+    check_tokenizer_dir(src)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ---- sampling and fertility ------------------------------------------------------------
+
+def hash_unit(key: str, seed: int = 0) -> float:
+    """A stable number in [0, 1) from a string (xxhash64): for splits and samples."""
+    return xxhash.xxh64_intdigest(key.encode("utf-8", "surrogatepass"), seed=seed) / 2.0**64
+
+
+def words(text: str) -> int:
+    """Whitespace-separated words, the denominator of fertility (tokens per word)."""
+    return len(text.split())
+
+
+class Fertility:
+    """Tokens per word and bytes per token, accumulated per source."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = {}   # source -> [docs, words, tokens, bytes]
+
+    def add(self, source: str, text: str, n_tokens: int) -> None:
+        c = self.counts.setdefault(source, [0, 0, 0, 0])
+        c[0] += 1
+        c[1] += words(text)
+        c[2] += n_tokens
+        c[3] += len(text.encode("utf-8", "surrogatepass"))
+
+    def metrics(self) -> dict[str, float]:
+        out = {}
+        for src, (_, n_words, n_tokens, n_bytes) in sorted(self.counts.items()):
+            out[f"fertility_tokens_per_word.{src}"] = n_tokens / max(n_words, 1)
+            out[f"bytes_per_token.{src}"] = n_bytes / max(n_tokens, 1)
+        return out
+
+    def rows(self) -> list[dict]:
+        return [{"source": s, "docs": d, "words": w, "tokens": t, "bytes": b,
+                 "tokens_per_word": round(t / max(w, 1), 4),
+                 "bytes_per_token": round(b / max(t, 1), 4)}
+                for s, (d, w, t, b) in sorted(self.counts.items())]
+
+
+def batched(items: Iterable, n: int) -> Iterator[list]:
+    batch = []
+    for x in items:
+        batch.append(x)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
