@@ -190,8 +190,35 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: the top level must be a mapping of sections")
+    raw = _extend(raw, path, seen=[path.resolve()])
     raw = apply_overrides(raw, overrides or [])
     return validate_spec(raw, source=str(path), base_dir=path.resolve().parent)
+
+
+def _extend(raw: dict, path: Path, seen: list[Path]) -> dict:
+    """``extends: base.yaml`` (relative to this file): the base spec, deep-merged with this
+    one (mappings merge key by key, lists and values replace). Chains are allowed."""
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    base_path = (path.parent / str(base_name)).resolve()
+    if base_path in seen:
+        raise SpecError(f"{path}: 'extends' loops back to {base_path}")
+    if not base_path.exists():
+        raise SpecError(f"{path}: extends: file not found: {base_path}")
+    base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+    base = _extend(base, base_path, seen + [base_path])
+    return _deep_merge(base, raw)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def validate_spec(raw: dict, source: str = "<spec>", base_dir: Path | None = None) -> PipelineSpec:

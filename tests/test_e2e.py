@@ -61,7 +61,7 @@ def test_1_cold_run(workdir):
     assert set(kids) == set(expected)
     assert all(r.data.tags["forgeflow.cached"] == "false" for r in kids.values())
     assert all(r.info.status == "FINISHED" for r in kids.values())
-    assert parent.data.params["mix.docs"] == "0.8"
+    assert parent.data.params["mix.docs"] == "0.6"
     m = {k: r.data.metrics for k, r in kids.items()}
     assert m["crawl.docs"]["pages_fetched"] > 100
     assert m["ingest.docs"]["docs_out"] > 50

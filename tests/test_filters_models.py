@@ -46,7 +46,7 @@ def test_langid_keep_languages_and_min_score():
     res = LangIdFilter(LangIdConfig(keep_languages=["en"], min_score=0.65)).apply(TextBatch(pa.array(texts)))
     assert res.keep.tolist() == [True, False, False, False]
     assert res.scores["lang"][:2] == ["en", "de"]
-    assert res.detail[1] == "lang=de in en"
+    assert res.detail[1] == "lang=de, need in en"
 
 
 def test_fasttext_langid_trained_by_the_pipeline(tmp_path):

@@ -151,7 +151,7 @@ def test_bad_input_never_crashes_and_is_counted():
     gq = FilterChain(FiltersConfig(max_doc_chars=60_000_000, steps=[{"type": "gopher_quality"}]))
     out_big = gq.process(table.slice(3, 1))
     assert out_big.column("reason")[0].as_py() == "gopher_quality"
-    assert out_big.column("detail")[0].as_py().startswith("n_words=1.2e+07 <= 100000")
+    assert out_big.column("detail")[0].as_py().startswith("n_words=1.2e+07, need <= 100000")
     # the default size guard removes it up front instead
     out2 = FilterChain(FiltersConfig()).process(table.slice(3, 1))
     assert out2.column("reason")[0].as_py() == "input"

@@ -55,7 +55,7 @@ def test_crawl_source_needs_crawl_section():
     raw = _raw()
     raw["sources"].append({"name": "extra", "type": "crawl"})
     msg = _error(raw)
-    assert "sources.2" in msg and "needs a 'crawl' section" in msg
+    assert "sources.3" in msg and "needs a 'crawl' section" in msg
 
 
 def test_unknown_mixture_source():
@@ -154,3 +154,20 @@ def test_deployments_point_at_the_flow_and_configs():
         load_spec(REPO / d["parameters"]["config"], d["parameters"].get("overrides", []))
         for s in d.get("schedules", []):
             next(CronSim(s["cron"], dt.datetime(2026, 1, 1)))
+
+
+def test_extends_deep_merges_and_shares_data_identities(tmp_path):
+    from pipeline.plan import build_plan
+    from pipeline.runner import plan_identities
+
+    spec = load_spec(REPO / "configs" / "continual.yaml")
+    assert spec.run.name == "continual" and spec.train.schedule.kind == "infinite"
+    assert [p.name for p in spec.continual.phases] == ["code", "anneal"]
+    assert spec.train.model.d_model == load_spec(QUICKSTART).train.model.d_model   # inherited
+    a = plan_identities(build_plan(spec))
+    b = plan_identities(build_plan(load_spec(QUICKSTART)))
+    assert a["tokenize"] == b["tokenize"] and a["pretrain"] != b["pretrain"]
+    loop = tmp_path / "a.yaml"
+    loop.write_text("extends: a.yaml\n")
+    with pytest.raises(SpecError, match="loops back"):
+        load_spec(loop)

@@ -59,7 +59,8 @@ class Rule:
 
 
 def decide(rules: list[Rule], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep mask and detail strings; the detail names the first rule (in order) that fails."""
+    """Keep mask and detail strings; the detail names the first rule (in order) that fails,
+    its value and what the rule requires."""
     keep = np.ones(n, dtype=bool)
     detail = np.full(n, None, dtype=object)
     for rule in rules:
@@ -67,7 +68,8 @@ def decide(rules: list[Rule], n: int) -> tuple[np.ndarray, np.ndarray]:
         for i in np.flatnonzero(newly):
             v = rule.values[i]
             v = f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
-            detail[i] = f"{rule.name}={v} {rule.op} {rule.threshold}".strip()
+            # the value, then what the rule requires: "mean_word_length=2.9, need >= 3"
+            detail[i] = f"{rule.name}={v}, need {rule.op} {rule.threshold}" if rule.op else f"{rule.name}={v}"
         keep &= ~rule.fails
     return keep, detail
 
