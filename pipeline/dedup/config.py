@@ -1,0 +1,70 @@
+"""Spec of the dedup stage: exact dedup of normalised text (and optionally URL), then
+MinHash LSH near-dedup, then one document kept per duplicate cluster.
+
+Defaults follow the published settings gathered in RESEARCH.md:
+  * 5-word shingles after normalisation (FineWeb, Gopher-style dedup);
+  * 112 permutations = 14 bands x 8 rows (FineWeb: P(candidate | Jaccard 0.8) ~ 0.92,
+    effective threshold (1/b)^(1/r) ~ 0.72);
+  * threshold 0.7 (text-dedup / data-juicer), used to derive bands x rows when they are
+    not given (datasketch ``_optimal_param``, equal false-positive/negative weights) and
+    as the cut-off of the optional exact-Jaccard verification.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.specbase import Model
+
+
+class DedupConfig(Model):
+    """``dedup:`` section of the spec."""
+
+    # --- exact dedup -------------------------------------------------------------------
+    exact: bool = Field(True, description="drop documents whose normalised text is identical")
+    exact_url: bool = Field(False, description="also treat documents with the same non-empty URL as exact duplicates")
+
+    # --- MinHash LSH ---------------------------------------------------------------------
+    minhash: bool = Field(True, description="near-duplicate detection with MinHash LSH")
+    ngram: int = Field(5, ge=1, le=64, description="shingle size: words (or characters for no-space languages)")
+    char_ngrams: bool | None = Field(
+        None, description="character n-grams instead of word n-grams; None = auto per document "
+                          "(lang column in zh/ja/th/lo/km/my/bo, or text with almost no spaces)")
+    num_perm: int = Field(112, ge=2, le=1024, description="MinHash permutations (FineWeb: 112)")
+    bands: int | None = Field(14, ge=1, description="LSH bands (FineWeb: 14); None = derive from threshold")
+    rows: int | None = Field(8, ge=1, description="rows per band (FineWeb: 8); None = derive from threshold")
+    threshold: float = Field(0.7, gt=0.0, lt=1.0,
+                             description="Jaccard similarity counted as duplicate (text-dedup/data-juicer: 0.7)")
+    scheme: Literal["affine32", "legacy"] = Field(
+        "affine32", description="datasketch permutation scheme: affine32 (datasketch>=2.0 default) or "
+                                "legacy ((a*h+b) mod 2^61-1, truncated to 32 bits; datasketch<2.0)")
+    verify_jaccard: bool = Field(False, description="check candidate pairs with exact shingle Jaccard >= threshold")
+    seed: int = Field(1, description="permutation seed (datasketch MinHash default seed = 1)")
+
+    # --- which document survives ---------------------------------------------------------
+    keep: Literal["first", "longest", "quality"] = Field(
+        "first", description="first in input order, longest text, or highest `quality_column`")
+    quality_column: str = Field("quality_score", description="column used by keep='quality' (filter stage's DCLM score)")
+
+    # --- resources (not part of the artifact identity) ---------------------------------
+    batch_size: int = Field(1024, ge=1, description="documents per vectorised signature batch")
+    unit_rows: int = Field(20_000, ge=1, description="rows per Ray work unit (one output part per unit)")
+    rows_per_partition: int = Field(500_000, ge=1000, description="key rows per LSH shuffle partition")
+    _resource_fields = frozenset({"batch_size", "unit_rows", "rows_per_partition"})
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> "DedupConfig":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both `bands` and `rows`, or neither (then they come from `threshold`)")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+    def lsh_params(self) -> tuple[int, int]:
+        """(bands, rows): as given, or datasketch's ``_optimal_param(threshold, num_perm, 0.5, 0.5)``."""
+        if self.bands is not None:
+            return self.bands, self.rows
+        from pipeline.dedup.minhash import optimal_param
+        return optimal_param(self.threshold, self.num_perm)

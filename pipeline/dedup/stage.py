@@ -1,0 +1,451 @@
+"""Dedup stage: exact + MinHash LSH near-duplicate removal, distributed on Ray.
+
+    run_dedup(cfg, docs_dir, ctx) -> metrics
+
+Data flow (every document-sized step runs on Ray workers, one *unit* of rows at a time):
+
+ 1. plan     the input files are cut into units (file, row group, row range) with a
+             global row offset, so every document has a stable index = its input order.
+ 2. keys     Ray Data ``map_batches`` over units: per document an exact key (sha1 of the
+             normalised text; of the URL too with ``exact_url``) and one LSH key per band
+             (hash of the band's MinHash rows). Signatures are computed vectorised per
+             batch and dropped right after banding: no process ever holds all signatures.
+ 3. buckets  ``groupby(part).map_groups``: a hash shuffle of the key rows into partitions
+             of bounded size; inside a partition rows are sorted by key and every bucket
+             (run of equal keys) emits star edges (smallest doc, other doc).
+ 4. clusters the edges (only duplicates) meet on the driver: optional exact-Jaccard
+             verification, union-find, one keeper per cluster by the keep policy.
+ 5. write    Ray tasks per unit re-read their rows and split them into kept
+             (``data/part-<unit>.parquet`` with ``cluster_id``/``cluster_size``) and removed
+             (``rejected/part-<unit>.parquet`` with ``reason``/``detail``/``duplicate_of``).
+
+Memory: see docs/readme/dedup.md ("what grows with what").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.dedup.components import connected_components
+from pipeline.dedup.config import DedupConfig
+from pipeline.dedup.minhash import (band_keys, doc_hashes, jaccard, p_candidate,
+                                    signatures_from_hashes, text_features)
+from pipeline.engine import ensure_ray, parquet_files, write_table
+from pipeline.stage import StageContext
+
+KIND_TEXT, KIND_URL, KIND_BAND = 0, 1, 2
+REASON_EXACT, REASON_NEAR = "exact_duplicate", "near_duplicate"
+ADDED_COLUMNS = ("cluster_id", "cluster_size", "reason", "detail", "duplicate_of")
+S_CURVE_POINTS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+_HAS_WORD = re.compile(r"[^\W_]", re.UNICODE)
+
+
+# ---------------------------------------------------------------------------------------
+# 1. plan: units of rows with global offsets
+# ---------------------------------------------------------------------------------------
+def plan_units(files: list[str], unit_rows: int) -> list[dict]:
+    """Cut the input into units of at most ``unit_rows`` rows, never across row groups.
+    ``offset`` is the global index of the unit's first row (input order)."""
+    units, offset = [], 0
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        for rg in range(meta.num_row_groups):
+            n = meta.row_group(rg).num_rows
+            k = max(1, math.ceil(n / unit_rows))          # equal-sized pieces balance workers
+            for j in range(k):
+                start, stop = j * n // k, (j + 1) * n // k
+                if stop == start:
+                    continue
+                units.append(dict(unit=len(units), path=path, rg=rg, start=start,
+                                  stop=stop, offset=offset))
+                offset += stop - start
+    return units
+
+
+def read_unit(unit: dict, columns: list[str] | None = None) -> pa.Table:
+    pf = pq.ParquetFile(unit["path"])
+    names = set(pf.schema_arrow.names)
+    cols = None if columns is None else [c for c in columns if c in names]
+    table = pf.read_row_group(unit["rg"], columns=cols)
+    return table.slice(unit["start"], unit["stop"] - unit["start"])
+
+
+# ---------------------------------------------------------------------------------------
+# 2. keys: exact and LSH band keys per document (Ray Data map_batches over units)
+# ---------------------------------------------------------------------------------------
+def _sha64(data: bytes) -> int:
+    """Exact-dedup key: the first 8 bytes of sha1 (a false match needs a 64-bit collision)."""
+    return int.from_bytes(hashlib.sha1(data).digest()[:8], "little")
+
+
+def _scores(table: pa.Table, keep: str, quality_column: str) -> np.ndarray:
+    """Keep-policy score per row: larger wins, ties go to the first in input order."""
+    n = table.num_rows
+    if keep == "longest":
+        return np.asarray(pa.compute.utf8_length(table["text"]).fill_null(0), dtype=np.float64)
+    if keep == "quality" and quality_column in table.column_names:
+        q = np.asarray(table[quality_column].cast(pa.float64()).to_numpy(zero_copy_only=False),
+                       dtype=np.float64)
+        return np.where(np.isnan(q), -np.inf, q)      # missing score loses to any score
+    return np.zeros(n, dtype=np.float64)
+
+
+def unit_keys(batch: dict, cfg: dict, bands: int, rows: int, keep: str) -> dict:
+    """Ray Data map_batches fn (batch_size=1): one unit in, its key rows out."""
+    cfg = DedupConfig(**cfg)
+    unit = {k: (v[0].item() if hasattr(v[0], "item") else v[0]) for k, v in batch.items()}
+    cols = ["text", "url", "lang", cfg.quality_column]
+    table = read_unit(unit, cols)
+    n = table.num_rows
+    docs = unit["offset"] + np.arange(n, dtype=np.int64)
+    score = _scores(table, keep, cfg.quality_column)
+    texts = table["text"].to_pylist()
+    langs = table["lang"].to_pylist() if "lang" in table.column_names else [None] * n
+    out_key, out_doc, out_kind = [], [], []
+    for i in range(0, n, cfg.batch_size):
+        feats = [text_features(t, cfg.ngram, lang, cfg.char_ngrams)
+                 for t, lang in zip(texts[i:i + cfg.batch_size], langs[i:i + cfg.batch_size])]
+        bdocs = docs[i:i + cfg.batch_size]
+        ok = np.array([len(norm) > 0 for norm, _ in feats], dtype=bool)   # empty: no dedup
+        if cfg.exact:
+            out_key.append(np.array([_sha64(norm) for norm, _ in feats if norm], dtype=np.uint64))
+            out_doc.append(bdocs[ok])
+            out_kind.append(np.full(int(ok.sum()), KIND_TEXT, dtype=np.int8))
+        if cfg.minhash and ok.any():
+            sigs = signatures_from_hashes([h for norm, h in feats if norm], cfg.num_perm,
+                                          cfg.seed, cfg.scheme)
+            keys = band_keys(sigs, bands, rows)                 # [docs, bands]
+            out_key.append(keys.reshape(-1))
+            out_doc.append(np.repeat(bdocs[ok], bands))
+            out_kind.append(np.full(keys.size, KIND_BAND, dtype=np.int8))
+    if cfg.exact_url and "url" in table.column_names:
+        urls = table["url"].to_pylist()
+        ok = np.array([bool(u) for u in urls], dtype=bool)
+        out_key.append(np.array([_sha64(b"url:" + u.encode("utf-8")) for u in urls if u],
+                                dtype=np.uint64))
+        out_doc.append(docs[ok])
+        out_kind.append(np.full(int(ok.sum()), KIND_URL, dtype=np.int8))
+    key = np.concatenate(out_key) if out_key else np.empty(0, np.uint64)
+    doc = np.concatenate(out_doc) if out_doc else np.empty(0, np.int64)
+    kind = np.concatenate(out_kind) if out_kind else np.empty(0, np.int8)
+    local = doc - unit["offset"]
+    return {"key": key, "doc": doc, "kind": kind, "score": score[local],
+            "part": np.zeros(len(key), np.int64)}   # partition set by the caller's map
+
+
+def _with_partition(batch: dict, num_parts: int) -> dict:
+    batch["part"] = ((batch["key"] >> np.uint64(40)) % np.uint64(num_parts)).astype(np.int64)
+    return batch
+
+
+# ---------------------------------------------------------------------------------------
+# 3. buckets: edges within each bucket (Ray Data groupby(part).map_groups)
+# ---------------------------------------------------------------------------------------
+def bucket_edges(group: dict) -> dict:
+    """All key rows of one partition -> star edges (first doc of a bucket, each other doc).
+    A bucket = rows with equal (kind, key); k docs give k-1 edges, not k*(k-1)/2."""
+    key, doc, kind, score = group["key"], group["doc"], group["kind"], group["score"]
+    order = np.lexsort((doc, key, kind))
+    key, doc, kind, score = key[order], doc[order], kind[order], score[order]
+    if len(key) < 2:
+        return _edges_empty()
+    new = np.ones(len(key), dtype=bool)
+    new[1:] = (key[1:] != key[:-1]) | (kind[1:] != kind[:-1])
+    head = np.maximum.accumulate(np.where(new, np.arange(len(key)), 0))   # bucket's first row
+    m = ~new & (doc != doc[head])            # same doc twice in a bucket cannot happen, but be safe
+    return {"u": doc[head][m], "v": doc[m], "kind": kind[m],
+            "su": score[head][m], "sv": score[m]}
+
+
+def _edges_empty() -> dict:
+    return {"u": np.empty(0, np.int64), "v": np.empty(0, np.int64), "kind": np.empty(0, np.int8),
+            "su": np.empty(0, np.float64), "sv": np.empty(0, np.float64)}
+
+
+def candidate_edges(units: list[dict], cfg: DedupConfig, bands: int, rows: int, keep: str,
+                    num_cpus: int, ctx: StageContext) -> dict:
+    """Steps 2-3 on Ray Data; returns the distinct edges, collected on the driver."""
+    ray = ensure_ray()
+    n_docs = sum(u["stop"] - u["start"] for u in units)
+    rows_per_doc = (bands if cfg.minhash else 0) + int(cfg.exact) + int(cfg.exact_url)
+    num_parts = max(num_cpus, math.ceil(n_docs * rows_per_doc / cfg.rows_per_partition))
+    # Sort-based (pull) shuffle: plain tasks, no long-lived aggregator actors; in Ray 2.60
+    # the default hash-shuffle actors occasionally abort on this machine (abseil mutex).
+    from ray.data.context import DataContext, ShuffleStrategy
+    dctx = DataContext.get_current()
+    saved = dctx.shuffle_strategy
+    dctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        return _run_edges(ray, units, cfg, bands, rows, keep, num_parts, n_docs, ctx)
+    finally:
+        dctx.shuffle_strategy = saved
+
+
+def _run_edges(ray, units, cfg, bands, rows, keep, num_parts, n_docs, ctx) -> dict:
+    ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+    ds = ds.map_batches(unit_keys, batch_size=1, batch_format="numpy",
+                        fn_kwargs=dict(cfg=cfg.model_dump(), bands=bands, rows=rows, keep=keep))
+    ds = ds.map_batches(_with_partition, batch_format="numpy", fn_kwargs=dict(num_parts=num_parts))
+    edges_ds = ds.groupby("part", num_partitions=num_parts).map_groups(bucket_edges,
+                                                                      batch_format="numpy")
+    parts = {k: [] for k in ("u", "v", "kind", "su", "sv")}
+    for b in edges_ds.iter_batches(batch_format="numpy", batch_size=None):
+        for k in parts:
+            parts[k].append(b[k])
+    e = {k: (np.concatenate(v) if v else _edges_empty()[k]) for k, v in parts.items()}
+    ctx.log(f"{len(e['u'])} bucket edges from {n_docs} docs in {num_parts} LSH partitions")
+    return _distinct_edges(e)
+
+
+def _distinct_edges(e: dict) -> dict:
+    """One row per (u, v, kind), sorted: the same pair is found by several bands."""
+    if len(e["u"]) == 0:
+        return e
+    u, v = np.minimum(e["u"], e["v"]), np.maximum(e["u"], e["v"])
+    su = np.where(e["u"] <= e["v"], e["su"], e["sv"])
+    sv = np.where(e["u"] <= e["v"], e["sv"], e["su"])
+    order = np.lexsort((v, u, e["kind"]))
+    u, v, kind, su, sv = u[order], v[order], e["kind"][order], su[order], sv[order]
+    keep = np.ones(len(u), dtype=bool)
+    keep[1:] = (u[1:] != u[:-1]) | (v[1:] != v[:-1]) | (kind[1:] != kind[:-1])
+    return {"u": u[keep], "v": v[keep], "kind": kind[keep], "su": su[keep], "sv": sv[keep]}
+
+
+# ---------------------------------------------------------------------------------------
+# 4. verification and clusters (driver; sized by duplicates)
+# ---------------------------------------------------------------------------------------
+def _unit_of(docs: np.ndarray, units: list[dict]) -> np.ndarray:
+    offsets = np.array([u["offset"] for u in units], dtype=np.int64)
+    return np.searchsorted(offsets, docs, side="right") - 1
+
+
+def _unit_shingle_hashes(unit: dict, wanted: np.ndarray, cfg: dict) -> tuple[np.ndarray, list]:
+    cfg = DedupConfig(**cfg)
+    table = read_unit(unit, ["text", "lang"])
+    local = wanted - unit["offset"]
+    texts = table["text"].take(pa.array(local)).to_pylist()
+    langs = (table["lang"].take(pa.array(local)).to_pylist() if "lang" in table.column_names
+             else None)
+    return wanted, [np.unique(h) for h in doc_hashes(texts, cfg.ngram, cfg.char_ngrams, langs)]
+
+
+def verify_edges(e: dict, units: list[dict], cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Exact shingle Jaccard of every near-duplicate candidate pair; returns (keep mask,
+    jaccard). Shingle hashes of the docs in candidate pairs are computed by Ray tasks
+    per unit and held on the driver while the pairs are checked."""
+    ray = ensure_ray()
+    near = e["kind"] == KIND_BAND
+    jac = np.ones(len(e["u"]), dtype=np.float64)
+    if not near.any():
+        return np.ones(len(e["u"]), dtype=bool), jac
+    need = np.unique(np.concatenate([e["u"][near], e["v"][near]]))
+    uid = _unit_of(need, units)
+    task = ray.remote(_unit_shingle_hashes)
+    refs = [task.remote(units[i], need[uid == i], cfg.model_dump()) for i in np.unique(uid)]
+    hashes: dict[int, np.ndarray] = {}
+    for docs, hs in ray.get(refs):
+        hashes.update(zip(docs.tolist(), hs))
+    for i in np.flatnonzero(near):
+        jac[i] = jaccard(hashes[int(e["u"][i])], hashes[int(e["v"][i])])
+    return ~near | (jac >= cfg.threshold), jac
+
+
+def clusters(e: dict) -> dict:
+    """Union-find over all edges, then one keeper per cluster (highest score, then first
+    in input order). Returns per member doc: root, keeper, size, exact-group root."""
+    nodes, root = connected_components(e["u"], e["v"])
+    score = np.zeros(len(nodes), dtype=np.float64)
+    score[np.searchsorted(nodes, e["u"])] = e["su"]
+    score[np.searchsorted(nodes, e["v"])] = e["sv"]
+    # keeper: sort by (root, -score, doc) and take the first row of every root
+    order = np.lexsort((nodes, -score, root))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = root[order][1:] != root[order][:-1]
+    roots_sorted, keepers = root[order][first], nodes[order][first]
+    ri = np.searchsorted(roots_sorted, root)
+    keeper = keepers[ri]
+    sizes = np.bincount(ri, minlength=len(roots_sorted))
+    # exact groups (same normalised text or URL): decides the removal reason
+    ex = e["kind"] != KIND_BAND
+    ex_nodes, ex_root = connected_components(e["u"][ex], e["v"][ex])
+    exact_root = nodes.copy()
+    if len(ex_nodes):
+        exact_root[np.searchsorted(nodes, ex_nodes)] = ex_root
+    return {"doc": nodes, "root": root, "keeper": keeper, "size": sizes[ri],
+            "exact_root": exact_root, "exact_of_keeper": exact_root[np.searchsorted(nodes, keeper)]}
+
+
+# ---------------------------------------------------------------------------------------
+# 5. write: per unit, kept and removed rows (Ray tasks)
+# ---------------------------------------------------------------------------------------
+def _unit_ids(unit: dict, wanted: np.ndarray) -> tuple[np.ndarray, list]:
+    table = read_unit(unit, ["id"])
+    return wanted, table["id"].take(pa.array(wanted - unit["offset"])).to_pylist()
+
+
+def write_unit(unit: dict, info: dict, out_dir: str, sample_docs: np.ndarray) -> dict:
+    """Split one unit into kept/removed rows and write both parts; return counts and
+    text snippets of the requested sample docs (for the cluster examples table)."""
+    table = read_unit(unit)
+    table = table.drop_columns([c for c in ADDED_COLUMNS if c in table.column_names])
+    n = table.num_rows
+    ids = table["id"].to_pylist()
+    local = info["doc"] - unit["offset"]
+    cluster_id = list(ids)
+    size = np.ones(n, dtype=np.int64)
+    removed = np.zeros(n, dtype=bool)
+    reason = [None] * n
+    dup_of = [None] * n
+    for j, li in enumerate(local.tolist()):
+        cluster_id[li] = info["keeper_id"][j]
+        size[li] = info["size"][j]
+        if info["doc"][j] != info["keeper"][j]:
+            removed[li] = True
+            reason[li] = REASON_EXACT if info["exact"][j] else REASON_NEAR
+            dup_of[li] = info["keeper_id"][j]
+    table = table.append_column("cluster_id", pa.array(cluster_id, pa.string()))
+    table = table.append_column("cluster_size", pa.array(size, pa.int64()))
+    kept = table.filter(pa.array(~removed))
+    write_table(kept, Path(out_dir), "data", unit["unit"])
+    if removed.any():
+        rej = table.filter(pa.array(removed))
+        rsel = np.flatnonzero(removed)
+        rej = rej.append_column("reason", pa.array([reason[i] for i in rsel], pa.string()))
+        rej = rej.append_column("detail", pa.array([dup_of[i] for i in rsel], pa.string()))
+        rej = rej.append_column("duplicate_of", pa.array([dup_of[i] for i in rsel], pa.string()))
+        write_table(rej, Path(out_dir), "rejected", unit["unit"])
+    texts = table["text"]
+    empty = sum(1 for t in texts.to_pylist() if not t or not _HAS_WORD.search(t))
+    snippets = {int(d): (ids[d - unit["offset"]], (texts[int(d - unit["offset"])].as_py() or "")[:200])
+                for d in sample_docs.tolist()}
+    return {"unit": unit["unit"], "docs_in": n, "docs_out": int(n - removed.sum()),
+            "exact_removed": int(sum(r == REASON_EXACT for r in reason)),
+            "near_removed": int(sum(r == REASON_NEAR for r in reason)),
+            "empty_docs": empty, "snippets": snippets}
+
+
+def _bounded_map(ray, fn, args_list: list[tuple], max_in_flight: int):
+    """Run ray tasks with at most ``max_in_flight`` pending; results in input order."""
+    task = ray.remote(fn)
+    refs, results = [], {}
+    for i, args in enumerate(args_list):
+        if len(refs) - len(results) >= max_in_flight:
+            pending = [r for j, r in enumerate(refs) if j not in results]
+            ready, _ = ray.wait(pending, num_returns=1)
+            for j, r in enumerate(refs):
+                if j not in results and r in ready:
+                    results[j] = ray.get(r)
+        refs.append(task.remote(*args))
+    for j, r in enumerate(refs):
+        if j not in results:
+            results[j] = ray.get(r)
+    return [results[j] for j in range(len(refs))]
+
+
+# ---------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------
+def run_dedup(cfg: DedupConfig, docs_dir: Path, ctx: StageContext) -> dict:
+    """Deduplicate ``<docs_dir>/data/*.parquet`` into ``ctx.out_dir/{data,rejected}``."""
+    from pipeline.dedup.report import report
+
+    ray = ensure_ray(num_cpus=ctx.num_cpus)
+    files = parquet_files(Path(docs_dir), "data")
+    units = plan_units(files, cfg.unit_rows)
+    n_docs = sum(u["stop"] - u["start"] for u in units)
+    bands, rows = cfg.lsh_params()
+    keep = cfg.keep
+    if keep == "quality" and files:
+        have = all(cfg.quality_column in pq.ParquetFile(f).schema_arrow.names for f in files)
+        if not have:
+            keep = "longest"
+            ctx.note(f"- keep='quality' but column `{cfg.quality_column}` is missing from the "
+                     "input: fell back to keep='longest'")
+    s_curve = {s: p_candidate(s, bands, rows) for s in S_CURVE_POINTS}
+    if cfg.minhash:
+        ctx.log(f"MinHash LSH {bands} bands x {rows} rows ({cfg.num_perm} perms, {cfg.scheme}); "
+                "P(candidate | Jaccard s): " + ", ".join(f"{s}: {p:.3f}" for s, p in s_curve.items()))
+
+    # 2-3: keys -> buckets -> edges (Ray Data)
+    t0 = time.perf_counter()
+    prog = ctx.progress(total=n_docs, unit="docs", desc=f"{ctx.name}:lsh")
+    e = (candidate_edges(units, cfg, bands, rows, keep, ctx.num_cpus, ctx)
+         if units and (cfg.exact or cfg.exact_url or cfg.minhash) else _edges_empty())
+    prog.update(n_docs, edges=len(e["u"]))
+    prog.close()
+    t_lsh = time.perf_counter() - t0
+    near = e["kind"] == KIND_BAND
+    candidate_pairs, exact_pairs = int(near.sum()), int((~near).sum())
+
+    # 4: verification, clusters, keepers
+    jac = None
+    if cfg.verify_jaccard and candidate_pairs:
+        ok, jac = verify_edges(e, units, cfg)
+        jac = jac[near]
+        e = {k: v[ok] for k, v in e.items()}
+    verified_pairs = int((e["kind"] == KIND_BAND).sum())
+    cl = clusters(e)
+    uid = _unit_of(cl["keeper"], units) if len(cl["doc"]) else np.empty(0, np.int64)
+    keeper_ids: dict[int, str] = {}
+    for docs, ids in _bounded_map(ray, _unit_ids,
+                                  [(units[i], np.unique(cl["keeper"][uid == i])) for i in np.unique(uid)],
+                                  2 * ctx.num_cpus):
+        keeper_ids.update(zip(docs.tolist(), ids))
+
+    # examples for the report: the largest clusters (members' snippets)
+    roots, first_idx, sizes = np.unique(cl["root"], return_index=True, return_counts=True)
+    top = roots[np.argsort(-sizes, kind="stable")[:5]]
+    sample = np.sort(cl["doc"][np.isin(cl["root"], top)])[:200]
+
+    t_cluster = time.perf_counter() - t0 - t_lsh
+
+    # 5: write (Ray tasks, one per unit)
+    member_unit = _unit_of(cl["doc"], units) if len(cl["doc"]) else np.empty(0, np.int64)
+    sample_unit = _unit_of(sample, units) if len(sample) else np.empty(0, np.int64)
+    args = []
+    for i, unit in enumerate(units):
+        m = member_unit == i
+        info = {"doc": cl["doc"][m], "keeper": cl["keeper"][m], "size": cl["size"][m],
+                "exact": cl["exact_root"][m] == cl["exact_of_keeper"][m],
+                "keeper_id": [keeper_ids[int(k)] for k in cl["keeper"][m]]}
+        args.append((unit, info, str(ctx.out_dir), sample[sample_unit == i]))
+    prog = ctx.progress(total=n_docs, unit="docs", desc=f"{ctx.name}:write")
+    results = _bounded_map(ray, write_unit, args, 2 * ctx.num_cpus)
+    prog.update(n_docs)
+    prog.close()
+    if not units:   # empty input -> an empty but valid dataset
+        from pipeline.engine import DOC_SCHEMA, empty_table
+        write_table(empty_table(DOC_SCHEMA), ctx.out_dir, "data", 0)
+
+    t_write = time.perf_counter() - t0 - t_lsh - t_cluster
+    totals = {k: sum(r[k] for r in results) for k in
+              ("docs_in", "docs_out", "exact_removed", "near_removed", "empty_docs")}
+    snippets = {}
+    for r in results:
+        snippets.update(r["snippets"])
+    cluster_sizes = sizes  # sizes of clusters with >= 2 members
+    metrics = {
+        **totals,
+        "removed": totals["docs_in"] - totals["docs_out"],
+        "duplicate_rate": (totals["docs_in"] - totals["docs_out"]) / max(1, totals["docs_in"]),
+        "clusters": int(len(roots)),
+        "largest_cluster": int(sizes.max()) if len(sizes) else 1,
+        "exact_pairs": exact_pairs,
+        "candidate_pairs": candidate_pairs,
+        "verified_pairs": verified_pairs if cfg.verify_jaccard else candidate_pairs,
+        "false_positive_pairs": candidate_pairs - verified_pairs if cfg.verify_jaccard else 0,
+        "bands": bands, "rows": rows,
+        "seconds_lsh": t_lsh, "seconds_clusters": t_cluster, "seconds_write": t_write,
+        "docs_per_second": n_docs / max(1e-9, t_lsh + t_cluster + t_write),
+        **{f"p_candidate_at_{s}": p for s, p in s_curve.items()},
+    }
+    report(ctx, cfg, metrics, cluster_sizes, cl, top, snippets, jac, s_curve, keep)
+    return metrics

@@ -1,0 +1,271 @@
+"""Dedup: datasketch-equal signatures, LSH parameters, union-find, and the Ray stage on
+real prose (tinyshakespeare from ../shared/data) with planted duplicates."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasketch import MinHash
+from datasketch.lsh import _optimal_param
+
+from pipeline.dedup.components import connected_components
+from pipeline.dedup.config import DedupConfig
+from pipeline.dedup.minhash import (normalize, optimal_param, p_candidate, shingles,
+                                    signatures, use_char_ngrams)
+from pipeline.engine import write_table
+from tests.conftest import shared_path
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog, again and again, 42 times!",
+    "Ünïcödé text — with “quotes”, ellipses… and CAPITALS mixed in 2024.",
+    "short",
+    "",
+    "a b c d e f g h i j k l m n o p q r s t u v w x y z " * 3,
+    "Deduplication removes repeated documents; near-duplicates differ in a few words.",
+]
+
+
+def _datasketch(sh: set[str], num_perm: int, seed: int, scheme: str) -> np.ndarray:
+    m = MinHash(num_perm=num_perm, seed=seed, scheme=scheme)
+    m.update_batch([s.encode("utf-8") for s in sh])
+    return m.hashvalues.astype(np.uint64)
+
+
+# ---------------------------------------------------------------------------------------
+# signatures
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])
+@pytest.mark.parametrize("num_perm,seed", [(112, 1), (16, 7), (128, 1234)])
+def test_signatures_equal_datasketch(scheme, num_perm, seed):
+    for n in (1, 3, 5):
+        sigs = signatures(TEXTS, ngram=n, num_perm=num_perm, seed=seed, scheme=scheme)
+        assert sigs.dtype == np.uint64 and sigs.shape == (len(TEXTS), num_perm)
+        for text, row in zip(TEXTS, sigs):
+            expect = _datasketch(shingles(normalize(text), n), num_perm, seed, scheme)
+            np.testing.assert_array_equal(row, expect, err_msg=f"{scheme} n={n} {text!r}")
+
+
+def test_signatures_with_config_and_small_chunks():
+    """Chunking of the batch matrix must not change any signature."""
+    from pipeline.dedup.minhash import doc_hashes, signatures_from_hashes
+
+    cfg = DedupConfig()
+    texts = [" ".join(f"w{i * 7 + j}" for j in range(40 + i)) for i in range(30)] + TEXTS
+    full = signatures(texts, cfg)
+    tiny = signatures_from_hashes(doc_hashes(texts, cfg.ngram), cfg.num_perm, cfg.seed,
+                                  chunk_elems=cfg.num_perm * 7)
+    np.testing.assert_array_equal(full, tiny)
+    for text, row in zip(texts, full):
+        np.testing.assert_array_equal(row, _datasketch(shingles(normalize(text), 5), 112, 1, "affine32"))
+
+
+def test_normalisation_and_char_ngrams():
+    assert normalize("Hello,   WORLD!! 1999\n") == "hello world 0000"
+    assert shingles("a b c", 5) == {"a b c"}            # shorter than n: one shingle
+    assert shingles("", 5) == set()
+    assert shingles("a b c d", 2) == {"a b", "b c", "c d"}
+    zh = "今天天气很好我们去公园散步吧然后一起吃晚饭"
+    assert use_char_ngrams(normalize(zh), None, None)       # no spaces -> characters
+    assert use_char_ngrams("x", "ja", None) and not use_char_ngrams("x y", "en", None)
+    sh = shingles(normalize(zh), 5, char=True)
+    assert "今天天气很" in sh and len(sh) == len(zh) - 4
+    sig = signatures([zh], ngram=5, num_perm=32, char_ngrams=None)[0]
+    np.testing.assert_array_equal(sig, _datasketch(sh, 32, 1, "affine32"))
+
+
+def test_lsh_params_match_datasketch():
+    for t in (0.5, 0.7, 0.85):
+        assert optimal_param(t, 64) == _optimal_param(t, 64, 0.5, 0.5)
+    assert DedupConfig(bands=None, rows=None, threshold=0.8).lsh_params() == _optimal_param(0.8, 112, 0.5, 0.5)
+    assert DedupConfig().lsh_params() == (14, 8)
+    assert abs(p_candidate(0.8, 14, 8) - 0.9235) < 1e-3     # FineWeb's number (RESEARCH.md)
+    with pytest.raises(ValueError):
+        DedupConfig(bands=20, rows=8)                       # 160 > 112 permutations
+    with pytest.raises(ValueError):
+        DedupConfig(bands=14, rows=None)
+    assert "batch_size" not in DedupConfig().identity_dict()
+
+
+def test_connected_components_chains():
+    nodes, root = connected_components(np.array([10, 20, 30, 7]), np.array([20, 30, 40, 8]))
+    assert nodes.tolist() == [7, 8, 10, 20, 30, 40]
+    assert root.tolist() == [7, 7, 10, 10, 10, 10]
+    # a long chain given in reverse order still collapses to its smallest node
+    u = np.arange(1000, 0, -1)
+    nodes, root = connected_components(u, u - 1)
+    assert (root == 0).all() and len(nodes) == 1001
+
+
+# ---------------------------------------------------------------------------------------
+# the stage on Ray, real prose with planted duplicates
+# ---------------------------------------------------------------------------------------
+def _prose_docs(n: int, words: int = 300) -> list[str]:
+    """Consecutive ``words``-word pieces of tinyshakespeare (distinct real prose)."""
+    toks = shared_path("text", "tinyshakespeare.txt").read_text().split()
+    assert len(toks) >= n * words
+    return [" ".join(toks[i * words:(i + 1) * words]) for i in range(n)]
+
+
+def _perturb(text: str, frac: float, rng: random.Random) -> str:
+    words = text.split()
+    k = max(1, round(frac * len(words)))
+    for i in rng.sample(range(len(words)), k):
+        words[i] = f"zq{rng.randrange(10**6)}"
+    return " ".join(words)
+
+
+def _write(tmp_path, texts, ids=None, **cols):
+    ids = ids or [f"d{i:04d}" for i in range(len(texts))]
+    table = pa.table({"id": ids, "text": texts, "source": ["prose"] * len(texts),
+                      "url": cols.pop("url", [f"https://x/{i}" for i in ids]), **cols})
+    write_table(table, tmp_path / "in", "data", 0)
+    return tmp_path / "in"
+
+
+def _run(tmp_path, cfg, name="out", **kw):
+    from pipeline.dedup.stage import run_dedup
+    from pipeline.stage import StageContext
+
+    ctx = StageContext.for_testing(tmp_path / name, show_progress=False, **kw)
+    metrics = run_dedup(cfg, tmp_path / "in", ctx)
+    kept = pq.read_table(tmp_path / name / "data").to_pylist()
+    rej_dir = tmp_path / name / "rejected"
+    rejected = pq.read_table(rej_dir).to_pylist() if rej_dir.exists() else []
+    return metrics, kept, rejected, ctx
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """60 distinct docs + exact copy, 2%-word near-dup, boilerplate-added copy, a chain."""
+    rng = random.Random(0)
+    base = _prose_docs(60)
+    texts = list(base)
+    texts.append(base[3])                                           # 60: exact copy of 3
+    texts.append(base[5].upper().replace(" ", "  "))                # 61: exact after normalisation
+    texts.append(_perturb(base[7], 0.02, rng))                      # 62: near-dup of 7
+    texts.append(base[9] + "\n\nSubscribe to our newsletter for more great stories every week!")  # 63
+    # two more near copies of 11 (1% of words replaced each): one cluster of three
+    texts += [_perturb(base[11], 0.01, rng), _perturb(base[11], 0.01, rng)]
+    return texts
+
+
+def test_planted_duplicates_found(tmp_path, planted, ray_local):
+    _write(tmp_path, planted)
+    m, kept, rejected, ctx = _run(tmp_path, DedupConfig())
+    rej = {r["id"]: r for r in rejected}
+    assert set(rej) == {"d0060", "d0061", "d0062", "d0063", "d0064", "d0065"}
+    assert rej["d0060"]["reason"] == "exact_duplicate" and rej["d0060"]["duplicate_of"] == "d0003"
+    assert rej["d0061"]["reason"] == "exact_duplicate" and rej["d0061"]["detail"] == "d0005"
+    assert rej["d0062"]["reason"] == "near_duplicate" and rej["d0062"]["duplicate_of"] == "d0007"
+    assert rej["d0063"]["duplicate_of"] == "d0009"
+    # the three-copy cluster is kept as its first member
+    assert rej["d0064"]["duplicate_of"] == rej["d0065"]["duplicate_of"] == "d0011"
+    by_id = {r["id"]: r for r in kept}
+    assert len(kept) == 60 and set(by_id) == {f"d{i:04d}" for i in range(60)}
+    assert by_id["d0011"]["cluster_size"] == 3 and by_id["d0011"]["cluster_id"] == "d0011"
+    assert by_id["d0003"]["cluster_size"] == 2 and by_id["d0000"]["cluster_size"] == 1
+    assert by_id["d0000"]["cluster_id"] == "d0000"
+    assert m["docs_in"] == 66 and m["docs_out"] == 60
+    assert m["exact_removed"] == 2 and m["near_removed"] == 4
+    assert m["clusters"] == 5 and m["largest_cluster"] == 3
+    assert (ctx.out_dir / "plots" / "cluster_sizes.png").exists()
+    assert "cluster_examples.json" in ctx.tables and ctx.summary
+
+
+def test_outputs_independent_of_parallelism(tmp_path, planted, ray_local):
+    """Batch size, shuffle partitions and the number of CPUs change nothing but speed."""
+    _write(tmp_path, planted)
+    _, k1, r1, _ = _run(tmp_path, DedupConfig(batch_size=1024), "a", num_cpus=1)
+    _, k2, r2, _ = _run(tmp_path, DedupConfig(batch_size=3, rows_per_partition=1000), "b", num_cpus=2)
+    assert k1 == k2 and r1 == r2
+    # other work units (one output part per unit): same rows in the same order
+    _, k3, r3, _ = _run(tmp_path, DedupConfig(batch_size=5, unit_rows=7), "c")
+    assert k3 == k1 and r3 == r1
+    assert len(list((tmp_path / "c" / "data").glob("*.parquet"))) == 10
+
+
+def test_chain_collapses_to_one_cluster(tmp_path, ray_local):
+    """A~B and B~C but A and C share nothing: one cluster, one survivor (A)."""
+    p = [" ".join(d.split()[:100]) for d in _prose_docs(5)]
+    texts = [p[0] + " " + p[1], p[1] + " " + p[2], p[2] + " " + p[3], p[4]]
+    _write(tmp_path, texts)
+    # 64 one-row bands: any pair with Jaccard ~1/3 becomes a candidate, disjoint pairs never
+    m, kept, rejected, _ = _run(tmp_path, DedupConfig(num_perm=64, bands=64, rows=1))
+    assert sorted(r["id"] for r in kept) == ["d0000", "d0003"]
+    assert {(r["id"], r["duplicate_of"]) for r in rejected} == {("d0001", "d0000"), ("d0002", "d0000")}
+    assert m["clusters"] == 1 and m["largest_cluster"] == 3
+    assert m["candidate_pairs"] == 2                  # A-B and B-C only, never A-C
+
+
+def test_empty_and_short_documents(tmp_path, ray_local):
+    texts = ["", "   ", "!!! ...", "Hello there", "hello, THERE!", "one two three",
+             "one two three four", _prose_docs(1)[0]]
+    _write(tmp_path, texts)
+    m, kept, rejected, _ = _run(tmp_path, DedupConfig())
+    assert m["empty_docs"] == 3 and m["docs_in"] == 8
+    # empty documents take part in no dedup: all three kept
+    assert {"d0000", "d0001", "d0002"} <= {r["id"] for r in kept}
+    # short docs (< 5 words) are one shingle: exact-after-normalisation copies collapse
+    assert [(r["id"], r["reason"], r["duplicate_of"]) for r in rejected] == [
+        ("d0004", "exact_duplicate", "d0003")]
+    assert m["docs_out"] == 7
+
+
+@pytest.mark.parametrize("keep,expect", [("first", "d0000"), ("longest", "d0002"), ("quality", "d0001")])
+def test_keep_policies(tmp_path, ray_local, keep, expect):
+    base = _prose_docs(3)
+    texts = [base[0], base[0], base[0] + " and a longer tail", base[1], base[2]]
+    _write(tmp_path, texts, quality_score=[0.2, 0.9, float("nan"), 0.5, 0.5])
+    m, kept, rejected, _ = _run(tmp_path, DedupConfig(keep=keep))
+    assert {r["id"] for r in kept} == {expect, "d0003", "d0004"}
+    assert {r["duplicate_of"] for r in rejected} == {expect} and len(rejected) == 2
+    assert {r["cluster_id"] for r in rejected} == {expect}
+
+
+def test_keep_quality_without_column_falls_back(tmp_path, ray_local):
+    base = _prose_docs(2)
+    _write(tmp_path, [base[0], base[0] + " plus a tail", base[1]])
+    m, kept, rejected, ctx = _run(tmp_path, DedupConfig(keep="quality"))
+    assert {r["id"] for r in kept} == {"d0001", "d0002"}          # longest wins
+    assert any("fell back" in line for line in ctx.summary)
+
+
+def test_verify_jaccard_removes_false_positives(tmp_path, ray_local):
+    """With 1-row bands almost any overlap is a candidate; verification keeps pairs with
+    exact Jaccard >= threshold only."""
+    base = _prose_docs(4)
+    half = " ".join(base[0].split()[:150] + base[1].split()[150:])   # Jaccard ~0.33 with 0
+    near = _perturb(base[2], 0.01, random.Random(1))
+    _write(tmp_path, [base[0], half, base[2], near, base[3]])
+    cfg = dict(bands=64, rows=1, num_perm=64, threshold=0.7)
+    m, kept, _, _ = _run(tmp_path, DedupConfig(**cfg), "raw")
+    assert "d0001" not in {r["id"] for r in kept}                  # a false positive
+    m, kept, rejected, _ = _run(tmp_path, DedupConfig(verify_jaccard=True, **cfg), "ver")
+    assert [r["id"] for r in rejected] == ["d0003"]
+    assert m["false_positive_pairs"] >= 1 and m["verified_pairs"] == 1
+
+
+def test_exact_url_and_switches(tmp_path, ray_local):
+    base = _prose_docs(3)
+    _write(tmp_path, [base[0], base[1], base[2]], url=["u1", "u1", ""])
+    m, kept, rejected, _ = _run(tmp_path, DedupConfig(exact_url=True), "url")
+    assert [(r["id"], r["reason"]) for r in rejected] == [("d0001", "exact_duplicate")]
+    m, kept, rejected, _ = _run(tmp_path, DedupConfig(exact=False, minhash=False), "off")
+    assert len(kept) == 3 and not rejected
+
+
+def test_no_space_language_near_duplicates(tmp_path, ray_local):
+    """Chinese has no spaces: word shingles would make one giant shingle per sentence;
+    character 5-grams find a copy with one sentence edited, and keep other docs."""
+    lines = shared_path("langid", "sentences_head50", "zh.txt").read_text(encoding="utf-8").splitlines()
+    docs = ["".join(lines[i:i + 10]) for i in range(0, 40, 10)]
+    edited = docs[0].replace(lines[3], lines[3][:-6] + "今天天气很好。")
+    _write(tmp_path, docs + [edited], lang=["zh"] * 5)
+    m, kept, rejected, _ = _run(tmp_path, DedupConfig())
+    assert [(r["id"], r["reason"], r["duplicate_of"]) for r in rejected] == [
+        ("d0004", "near_duplicate", "d0000")]
+    assert len(kept) == 4
