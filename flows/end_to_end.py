@@ -59,6 +59,12 @@ def publish(outcome: Outcome, env: RunEnv) -> None:
              f"- MLflow run: [{outcome.run_id[:8]}]({env.run_url(outcome.run_id)})",
              f"- seconds: {art.manifest.get('seconds', 0):.1f}", ""]
     lines += outcome.summary
+    plots = sorted((art.dir / "plots").glob("*.png"))
+    if plots:
+        producer = art.manifest.get("mlflow_run_id") or outcome.run_id
+        base = env.run_url(producer) + "/artifacts/plots"
+        lines += ["", "**Plots** (in the MLflow run's artifacts): " +
+                  ", ".join(f"[{p.stem}]({base}/{p.name})" for p in plots)]
     if metrics:
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items())[:80]]

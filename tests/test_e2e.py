@@ -107,7 +107,7 @@ def test_2_second_run_is_all_cache_hits(workdir):
 
 
 def test_3_threshold_change_killed_and_resumed(workdir):
-    override = "filters.steps.2.max_mean_word_length=12"        # gopher_quality
+    override = "filters.steps.3.max_avg_word_length=12"        # gopher_quality
     before = plan(CONFIG, workdir=workdir)
     expected = plan(CONFIG, override, workdir=workdir)
     changed = {k for k in expected if expected[k] != before[k]}
