@@ -22,6 +22,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 MAX_PARAM_LEN = 6000
 BATCH = 100
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def clean_key(key: str) -> str:
+    """MLflow keys allow alphanumerics, _ - . space : / only."""
+    return _BAD_KEY_CHARS.sub("_", str(key))[:250]
 
 
 def redact(uri: str) -> str:
@@ -74,7 +80,7 @@ class Tracker:
         items = []
         for k, v in params.items():
             value = v if isinstance(v, str) else json.dumps(v, default=str)
-            items.append(Param(str(k)[:250], value[:MAX_PARAM_LEN]))
+            items.append(Param(clean_key(k), value[:MAX_PARAM_LEN]))
         for i in range(0, len(items), BATCH):
             self.client.log_batch(run_id, params=items[i:i + BATCH], synchronous=True)
 
@@ -95,11 +101,11 @@ class StageRun:
         return self.tracker.tracking_uri
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
-        self.client.log_metric(self.run_id, key, value, step=step or 0)
+        self.client.log_metric(self.run_id, clean_key(key), value, step=step or 0)
 
     def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step or 0) for k, v in values.items()
+        metrics = [Metric(clean_key(k), float(v), now, step or 0) for k, v in values.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
         for i in range(0, len(metrics), BATCH):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + BATCH], synchronous=True)

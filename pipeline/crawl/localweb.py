@@ -47,6 +47,7 @@ from pathlib import Path
 from pipeline.crawl.config import LocalSiteConfig
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
+_AST_LOCK = threading.Lock()
 SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages",
              "ensurepip", "turtledemo", "tkinter", "__pycache__", "venv", "pydoc_data"}
 SKIP_MODULES = {"this", "antigravity", "__phello__", "__hello__", "_pydecimal"}
@@ -86,7 +87,8 @@ def _module_name(p: Path) -> str:
 def _docstrings(path: Path) -> list[tuple[str, str]]:
     """[(heading, docstring)] for the module and its public classes/functions/methods."""
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        with _AST_LOCK:    # CPython 3.11's ast.parse is not thread-safe (two crawls build at once)
+            tree = ast.parse(path.read_text(encoding="utf-8"))
     except (SyntaxError, UnicodeDecodeError, ValueError):
         return []
     out = []

@@ -157,6 +157,18 @@ class QualityClassifierConfig(FilterConfig):
     threshold_sample: int = 10_000                # corpus docs scored for the top-fraction cut
 
 
+def _load_classifier(f: Filter, cfg, model_dir: Path | None, hint: str):
+    """The fastText model of a classifier filter (``model_path`` or the trained artifact)
+    and the label that means "positive" (``f.POS``, or the model's first label)."""
+    path = Path(cfg.model_path) if cfg.model_path else (
+        Path(model_dir) / "model.bin" if model_dir else None)
+    if path is None:
+        raise ValueError(f"filter {f.name}: no model (set model_path or {hint})")
+    model = ft.load(path)
+    labels = ft.labels_of(model)
+    return model, (f.POS if f.POS in labels else labels[0])
+
+
 class QualityClassifierFilter(Filter):
     config_cls = QualityClassifierConfig
     columns = {"quality_score": pa.float64()}
@@ -166,12 +178,7 @@ class QualityClassifierFilter(Filter):
 
     def __init__(self, cfg: QualityClassifierConfig, model_dir: Path | None = None):
         super().__init__(cfg, model_dir)
-        path = Path(cfg.model_path) if cfg.model_path else (
-            Path(model_dir) / "model.bin" if model_dir else None)
-        if path is None:
-            raise ValueError(f"filter {self.name}: no model (set model_path or let the pipeline train it)")
-        self.model = ft.load(path)
-        self.pos = self.POS if self.POS in ft.labels_of(self.model) else ft.labels_of(self.model)[0]
+        self.model, self.pos = _load_classifier(self, cfg, model_dir, "let the pipeline train it")
         self.threshold = cfg.min_score
         if self.threshold is None and cfg.keep_top_fraction is not None:
             ev = Path(model_dir or path.parent) / "eval.json"
@@ -246,12 +253,7 @@ class ToxicityClassifierFilter(Filter):
 
     def __init__(self, cfg: ToxicityClassifierConfig, model_dir: Path | None = None):
         super().__init__(cfg, model_dir)
-        path = Path(cfg.model_path) if cfg.model_path else (
-            Path(model_dir) / "model.bin" if model_dir else None)
-        if path is None:
-            raise ValueError(f"filter {self.name}: no model (set model_path or train_path)")
-        self.model = ft.load(path)
-        self.pos = self.POS if self.POS in ft.labels_of(self.model) else ft.labels_of(self.model)[0]
+        self.model, self.pos = _load_classifier(self, cfg, model_dir, "set train_path")
 
     def needs_model(self) -> bool:
         return not self.cfg.model_path
