@@ -19,7 +19,7 @@ Data flow (every document-sized step runs on Ray workers, one *unit* of rows at 
              (``data/part-<unit>.parquet`` with ``cluster_id``/``cluster_size``) and removed
              (``rejected/part-<unit>.parquet`` with ``reason``/``detail``/``duplicate_of``).
 
-Memory: see docs/readme/dedup.md ("what grows with what").
+Memory: see the README, Dedup section, "Where it runs and what grows with what".
 """
 
 from __future__ import annotations
