@@ -113,6 +113,11 @@ def test_quality_classifier_reference_vs_corpus(tmp_path):
     res = f.apply(TextBatch(pa.array([ref[-1], web[-1]])))
     assert res.scores["quality_score"][0] > res.scores["quality_score"][1]
     assert res.keep.tolist() == [True, False]
+    # a user-given model file: the top-fraction cut is read from the eval.json beside it
+    user = QualityClassifierConfig(model_path=str(tmp_path / "q" / "model.bin"), keep_top_fraction=0.5)
+    g = QualityClassifierFilter(user, model_dir=None)
+    assert not g.needs_model() and g.threshold == m["top_fraction_threshold"]
+    assert g.apply(TextBatch(pa.array([ref[-1], web[-1]]))).keep.tolist() == [True, False]
 
 
 def test_quality_classifier_unknown_reference_source(tmp_path):

@@ -157,42 +157,50 @@ class QualityClassifierConfig(FilterConfig):
     threshold_sample: int = 10_000                # corpus docs scored for the top-fraction cut
 
 
-def _load_classifier(f: Filter, cfg, model_dir: Path | None, hint: str):
-    """The fastText model of a classifier filter (``model_path`` or the trained artifact)
-    and the label that means "positive" (``f.POS``, or the model's first label)."""
-    path = Path(cfg.model_path) if cfg.model_path else (
-        Path(model_dir) / "model.bin" if model_dir else None)
-    if path is None:
-        raise ValueError(f"filter {f.name}: no model (set model_path or {hint})")
-    model = ft.load(path)
-    labels = ft.labels_of(model)
-    return model, (f.POS if f.POS in labels else labels[0])
+class _FastTextClassifierFilter(Filter):
+    """Shared by the classifier filters: load the fastText model (``model_path`` or the
+    artifact the pipeline trained), find the positive label, score P(positive)."""
 
-
-class QualityClassifierFilter(Filter):
-    config_cls = QualityClassifierConfig
-    columns = {"quality_score": pa.float64()}
     canonical = True
-    model_kind = "quality"
-    POS, NEG = "hq", "cc"
+    POS: str
+    score_column: str
+    missing_hint: str
 
-    def __init__(self, cfg: QualityClassifierConfig, model_dir: Path | None = None):
+    def __init__(self, cfg, model_dir: Path | None = None):
         super().__init__(cfg, model_dir)
-        self.model, self.pos = _load_classifier(self, cfg, model_dir, "let the pipeline train it")
-        self.threshold = cfg.min_score
-        if self.threshold is None and cfg.keep_top_fraction is not None:
-            ev = Path(model_dir or path.parent) / "eval.json"
-            if not ev.is_file():
-                raise ValueError(f"filter {self.name}: keep_top_fraction needs {ev} from training; "
-                                 "with a user model_path set min_score instead")
-            self.threshold = json.loads(ev.read_text())["top_fraction_threshold"]
+        path = Path(cfg.model_path) if cfg.model_path else (
+            Path(model_dir) / "model.bin" if model_dir else None)
+        if path is None:
+            raise ValueError(f"filter {self.name}: no model (set model_path or {self.missing_hint})")
+        self.model_file = path
+        self.model = ft.load(path)
+        labels = ft.labels_of(self.model)
+        self.pos = self.POS if self.POS in labels else labels[0]
 
     def needs_model(self) -> bool:
         return not self.cfg.model_path
 
     def score(self, batch: TextBatch):
         norm = ft.normalize(batch.text, self.cfg.train.max_chars)
-        return {"quality_score": ft.prob_of(self.model, norm, self.pos)}
+        return {self.score_column: ft.prob_of(self.model, norm, self.pos)}
+
+
+class QualityClassifierFilter(_FastTextClassifierFilter):
+    config_cls = QualityClassifierConfig
+    columns = {"quality_score": pa.float64()}
+    model_kind = "quality"
+    POS, NEG = "hq", "cc"
+    score_column, missing_hint = "quality_score", "let the pipeline train it"
+
+    def __init__(self, cfg: QualityClassifierConfig, model_dir: Path | None = None):
+        super().__init__(cfg, model_dir)
+        self.threshold = cfg.min_score
+        if self.threshold is None and cfg.keep_top_fraction is not None:
+            ev = self.model_file.parent / "eval.json"
+            if not ev.is_file():
+                raise ValueError(f"filter {self.name}: keep_top_fraction needs {ev} from training; "
+                                 "with a user model_path set min_score instead")
+            self.threshold = json.loads(ev.read_text())["top_fraction_threshold"]
 
     def keep(self, s):
         v = s["quality_score"]
@@ -244,23 +252,12 @@ class ToxicityClassifierConfig(FilterConfig):
     max_score: float = 0.5
 
 
-class ToxicityClassifierFilter(Filter):
+class ToxicityClassifierFilter(_FastTextClassifierFilter):
     config_cls = ToxicityClassifierConfig
     columns = {"toxicity_score": pa.float64()}
-    canonical = True
     model_kind = "toxicity"
     POS, NEG = "toxic", "clean"
-
-    def __init__(self, cfg: ToxicityClassifierConfig, model_dir: Path | None = None):
-        super().__init__(cfg, model_dir)
-        self.model, self.pos = _load_classifier(self, cfg, model_dir, "set train_path")
-
-    def needs_model(self) -> bool:
-        return not self.cfg.model_path
-
-    def score(self, batch: TextBatch):
-        norm = ft.normalize(batch.text, self.cfg.train.max_chars)
-        return {"toxicity_score": ft.prob_of(self.model, norm, self.pos)}
+    score_column, missing_hint = "toxicity_score", "set train_path"
 
     def keep(self, s):
         v = s["toxicity_score"]
