@@ -111,7 +111,9 @@ def main() -> None:
             base_rates.append(base_tokens / (time.perf_counter() - t))
             assert base_tokens == stage_tokens, (base_tokens, stage_tokens)
             print(f"  run {rep}: stage {stage_rates[-1] / 1e6:.3f}M tokens/s "
-                  f"({stage_s:.2f}s, {m['shards']:.0f} shards)   baseline {base_rates[-1] / 1e6:.3f}M tokens/s")
+                  f"({stage_s:.2f}s: first batch at {m['seconds_to_first_batch']:.2f}s, "
+                  f"{m['seconds_writing']:.2f}s writing; {m['shards']:.0f} shards)   "
+                  f"baseline {base_rates[-1] / 1e6:.3f}M tokens/s")
 
         base, stage, cold = max(base_rates), max(stage_rates[1:]), stage_rates[0]
         print(f"tokens: {stage_tokens:,} (identical in both)")
