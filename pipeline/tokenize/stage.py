@@ -4,8 +4,11 @@
 ``run_tokenize``        -> ``<out>/<source>/<split>/<source>_<split>_NNNNN.{bin,idx,bytes.npy}``
                            + ``stats.json`` + ``meta.json`` + ``<out>/tokenizer/``.
 
-Encoding runs on Ray Data: Parquet is read in blocks, a pool of encoder actors turns
-batches of documents into token arrays with the Rust tokenizer's ``encode_batch_fast``
+Encoding runs on Ray Data: the work items are the Parquet row groups, each read by the
+encoder actor that takes it (one block per row group streams through: the driver writes
+group k while k+1 is encoded; Ray 2.60's own Parquet reader delivered a small corpus as a
+single block, so nothing overlapped). An encoder turns batches of documents into token
+arrays with the Rust tokenizer's ``encode_batch_fast``
 (each actor runs the tokenizer's own thread pool, so large batches use several cores
 without one Python process per core), and the driver appends the arrays to one rolling
 shard writer per (source, split) in input order, so outputs are deterministic.
@@ -252,14 +255,36 @@ class Encoder:
         return list(zip(sizes, per))
 
 
+class RowGroupEncoder(Encoder):
+    """Ray Data actor over work items ``{path, row_group}``: reads its Parquet row group
+    itself and encodes it ``batch_size`` documents at a time. One block per row group
+    streams through the pipeline (the driver writes group k while group k+1 is encoded)
+    and needs no separate read tasks competing for the CPUs."""
+
+    def __init__(self, batch_size: int, **kw) -> None:
+        super().__init__(**kw)
+        self.batch_size = batch_size
+
+    def __call__(self, items: dict) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        outs = []
+        for path, rg in zip(items["path"], items["row_group"]):
+            table = pq.ParquetFile(str(path)).read_row_group(int(rg), columns=["id", "text", "source"])
+            for start in range(0, table.num_rows, self.batch_size):
+                outs.append(Encoder.__call__(self, table.slice(start, self.batch_size)))
+        return pa.concat_tables(outs) if outs else Encoder.__call__(self, pa.table(
+            {"id": pa.array([], pa.string()), "text": pa.array([], pa.string()),
+             "source": pa.array([], pa.string())}))
+
+
 def _parallelism(ray, cfg: TokenizeConfig) -> tuple[int, int, float]:
-    """(encoder actors, Rust threads each, logical CPUs each). The logical share always
-    leaves one CPU free so the Parquet read tasks can run: an actor pool that takes
-    every CPU would starve its own input and hang."""
+    """(encoder actors, Rust threads each, logical CPUs each). The encoders read their
+    own row groups, so they may take every CPU."""
     cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     encoders = cfg.encoders or max(1, int(cpus) // 2)
     threads = cfg.threads_per_encoder or max(1, int(cpus) // encoders)
-    share = min(float(threads), max(0.25, (cpus - 1) / encoders))
+    share = min(float(threads), cpus / encoders)
     return encoders, threads, share
 
 
@@ -283,21 +308,20 @@ def run_tokenize(cfg: TokenizeConfig, docs_dir: Path, tokenizer_dir: Path,
     if parquet_files(docs_dir):
         ray = ensure_ray(ctx.num_cpus)
         encoders, threads, share = _parallelism(ray, cfg)
-        files = parquet_files(docs_dir)
-        # ask for at least one block per file so reading, encoding and writing can
-        # overlap and every encoder has work (Ray 2.60's V2 Parquet reader may still
-        # merge small files into one read task; large corpora have many blocks anyway)
-        ds = ray.data.read_parquet(files, columns=["id", "text", "source"],
-                                   override_num_blocks=max(len(files), 4 * encoders))
+        import pyarrow.parquet as pq
+        items = [{"path": f, "row_group": rg} for f in parquet_files(docs_dir)
+                 for rg in range(pq.ParquetFile(f).metadata.num_row_groups)]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         ds = ds.map_batches(
-            Encoder, batch_size=cfg.batch_size, batch_format="pyarrow",
+            RowGroupEncoder, batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=encoders),
             num_cpus=share,   # logical share; the actor runs `threads` Rust threads
-            fn_constructor_kwargs=dict(tokenizer_dir=str(tokenizer_dir),
+            fn_constructor_kwargs=dict(batch_size=cfg.batch_size,
+                                       tokenizer_dir=str(tokenizer_dir),
                                        val_fraction=cfg.val_fraction,
                                        max_doc_tokens=cfg.max_doc_tokens,
                                        segment_chars=cfg.segment_chars, threads=threads))
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in (ds.iter_batches(batch_size=None, batch_format="pyarrow") if items else []):
             t_batch = time.perf_counter()
             first_batch_s = first_batch_s or t_batch - t0
             batch = batch.combine_chunks()
