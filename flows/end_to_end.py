@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
 from pipeline.plan import Node, build_plan
-from pipeline.runner import Outcome, RunEnv, execute, lookup, node_identity, record_cached
+from pipeline.runner import Outcome, RunEnv, execute, node_identity, record_cached
 from pipeline.spec import load_spec
 from pipeline.store import Artifact
 
@@ -38,8 +38,9 @@ def _cache_key(context: TaskRunContext, parameters: dict) -> str:
     artifact (deleted, or never committed), a Prefect record under the same key is stale
     and is dropped, so Prefect runs the task instead of serving a result that is gone."""
     node, env = _node_env(parameters["run_key"], parameters["node_key"])
-    key = f"forgeflow-{node_identity(node, parameters['upstream'])}"
-    if lookup(node, parameters["upstream"], env) is None:
+    identity = node_identity(node, parameters["upstream"])
+    key = f"forgeflow-{identity}"
+    if env.store.lookup(node.stage, node.name, identity) is None:
         from prefect.settings import get_current_settings
         stale = Path(get_current_settings().results.local_storage_path) / key
         stale.unlink(missing_ok=True)
@@ -104,7 +105,7 @@ def end_to_end(config: str, overrides: list[str] | None = None,
         for node in plan:
             upstream = {name: futures[key] for name, key in node.inputs.items()}
             futures[node.key] = stage_task.with_options(
-                name=node.key, task_run_name=node.key,
+                name=node.key, task_run_name=node.key, description=node.description,
                 retries=1 if node.stage == "crawl" else 0,
             ).submit(run_key, node.key, upstream)
         results: dict[str, Artifact] = {}
@@ -133,8 +134,7 @@ def end_to_end(config: str, overrides: list[str] | None = None,
 def _finish(env: RunEnv, status: str, logger) -> None:
     ev = env.outcomes.get("evaluate")
     if ev is not None:
-        from pipeline.tracking import StageRun
-        StageRun(env.tracker, env.parent_run_id).log_metrics(ev.artifact.metrics)
+        env.parent_run.log_metrics(ev.artifact.metrics)
     cached = sum(o.cached for o in env.outcomes.values())
     ran = len(env.outcomes) - cached
     env.finish(status)

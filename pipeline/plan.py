@@ -14,11 +14,11 @@ The DAG for a spec with sources A (crawl) and B (files):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipeline.spec import PipelineSpec, SourceConfig, SpecError, digest_paths
+from pipeline.spec import PipelineSpec, SpecError, digest_paths
 from pipeline.stage import StageContext
 from pipeline.store import Artifact, files_digest
 
@@ -37,11 +37,6 @@ class Node:
     resumable: bool = False
     dataset: str | None = None        # log the output as an MLflow dataset input with this context
     description: str = ""
-    extra: dict = field(default_factory=dict)
-
-
-def _source_files(spec: PipelineSpec, src: SourceConfig) -> list[Path]:
-    return spec.source_files(src)
 
 
 def build_plan(spec: PipelineSpec) -> list[Node]:
@@ -73,17 +68,15 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
                 run=lambda ctx, inp, src=src: run_crawl(src.crawl, src.name, ctx, local_site=src.local_site),
                 description=f"crawl {len(src.crawl.seeds)} seed(s) into WARC"))
             ingest_inputs = {"warc": crawl_key}
-            files_id = None
+            files, files_id = [], None
         else:
-            files = _source_files(spec, src)
+            files = spec.source_files(src)      # resolved once: hashed here, read by the stage
             files_id = files_digest(files)
 
-        def ingest_run(ctx, inp, src=src):
+        def ingest_run(ctx, inp, src=src, files=files):
             if src.type == "crawl":
                 files = sorted((inp["warc"].dir / "warc").glob("*.warc*"))
-                kind = "warc"
-            else:
-                files, kind = _source_files(spec, src), src.type
+            kind = "warc" if src.type == "crawl" else src.type
             return run_ingest(src.name, kind, files, spec.extract, ctx,
                               text_field=src.text_field, id_field=src.id_field,
                               url_field=src.url_field, text_unit=src.text_unit)

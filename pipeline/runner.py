@@ -56,6 +56,11 @@ class RunEnv:
     def finish(self, status: str = "FINISHED") -> None:
         self.tracker.end(self.parent_run_id, status)
 
+    @property
+    def parent_run(self) -> StageRun:
+        """The parent MLflow run, with the same logging interface as a stage's run."""
+        return StageRun(self.tracker, self.parent_run_id)
+
     def run_url(self, run_id: str) -> str:
         return self.tracker.run_url(self.ui_url, run_id)
 
@@ -76,10 +81,6 @@ def node_identity(node: Node, inputs: dict[str, Artifact]) -> str:
                             {name: art.identity for name, art in inputs.items()})
 
 
-def lookup(node: Node, inputs: dict[str, Artifact], env: RunEnv) -> Artifact | None:
-    return env.store.lookup(node.stage, node.name, node_identity(node, inputs))
-
-
 def execute(node: Node, inputs: dict[str, Artifact], env: RunEnv) -> Outcome:
     identity = node_identity(node, inputs)
     existing = env.store.lookup(node.stage, node.name, identity)
@@ -90,7 +91,7 @@ def execute(node: Node, inputs: dict[str, Artifact], env: RunEnv) -> Outcome:
     child = env.tracker.start_stage(env.parent_run_id, node.key, node.stage, identity,
                                     {"forgeflow.cached": "false",
                                      "forgeflow.resumed": str(pending.resumed).lower()})
-    _log_inputs(child, inputs, env)
+    _log_inputs(child, inputs)
     ctx = StageContext(name=node.key, out_dir=pending.partial, workdir=env.workdir,
                        seed=env.spec.run.seed, num_cpus=env.spec.run.num_cpus or 2,
                        tracker=child, show_progress=env.spec.run.show_progress)
@@ -116,7 +117,7 @@ def execute(node: Node, inputs: dict[str, Artifact], env: RunEnv) -> Outcome:
     child.log_artifact(artifact.dir / "manifest.json")
     if node.dataset:
         _log_dataset(child, artifact, "output")
-        _log_dataset(StageRun(env.tracker, env.parent_run_id), artifact, node.dataset)
+        _log_dataset(env.parent_run, artifact, node.dataset)
     child.finish("FINISHED")
     log.info("[%s] done in %.1fs -> %s", node.key, seconds, artifact.dir)
     return Outcome(node.key, artifact, False, child.run_id, seconds, ctx.summary, ctx.tables)
@@ -129,10 +130,10 @@ def record_cached(node: Node, artifact: Artifact, inputs: dict[str, Artifact], e
                                     {"forgeflow.cached": "true",
                                      "forgeflow.produced_by_run": producer,
                                      "forgeflow.artifact": artifact.path})
-    _log_inputs(child, inputs, env)
+    _log_inputs(child, inputs)
     child.log_metrics(artifact.metrics)
     if node.dataset:
-        _log_dataset(StageRun(env.tracker, env.parent_run_id), artifact, node.dataset)
+        _log_dataset(env.parent_run, artifact, node.dataset)
     child.finish("FINISHED")
     log.info("[%s] cached -> %s", node.key, artifact.dir)
     summary = [f"**cached**: artifact `{artifact.path}` produced by MLflow run "
@@ -151,7 +152,7 @@ def _tables_of(artifact: Artifact) -> dict:
     return out
 
 
-def _log_inputs(child: StageRun, inputs: dict[str, Artifact], env: RunEnv) -> None:
+def _log_inputs(child: StageRun, inputs: dict[str, Artifact]) -> None:
     for name, art in inputs.items():
         if art.manifest.get("dataset"):
             _log_dataset(child, art, name)
