@@ -9,16 +9,21 @@
    dropped, then ~10% of them get planted duplicates (an exact copy, a copy with 2% of
    the words replaced, or a copy with a short boilerplate paragraph added).
    * forgeflow: ``run_dedup`` end to end (signatures -> LSH on Ray Data -> union-find ->
-     writing kept/rejected Parquet), 2 CPUs.
-   * baseline: ``datasketch.MinHash`` (same shingles, seed, num_perm, scheme) +
-     ``MinHashLSH`` (same bands x rows), one document at a time in one process: query,
-     then insert if nothing matched (the usual streaming dedup loop).
+     writing kept/rejected Parquet), 2 CPUs, on a Ray started beforehand. Run three
+     times: cold (the first Ray Data job of the session, whose workers import Ray Data),
+     warm (as in a pipeline, where earlier stages used the same Ray: the headline), and
+     warm with ``shingle_hash: sha1`` (datasketch's own hash function on both sides).
+   * baseline: ``datasketch.MinHash`` (same shingles, seed, num_perm, scheme, default
+     sha1 hash) + ``MinHashLSH`` (same bands x rows), one document at a time in one
+     process: query, then insert if nothing matched (the usual streaming dedup loop).
    Recall/precision are counted per planted cluster: a cluster of k copies needs k-1
    removals. A removal is right when the removed doc is in the same planted group as
    its kept doc, or (natural duplicates of the base corpus) their exact 5-gram Jaccard
    is >= 0.5.
 2. Scaling on synthetic documents (Zipf words, 10% planted near-duplicates): time and
-   peak RSS of the driver and of the largest Ray worker at 10k, 100k (and 1M) docs.
+   peak RSS of the driver and peak USS of the largest Ray worker at 10k, 100k (and 1M)
+   docs, and which task each worker peak was seen under (keys = ``_map_units``,
+   buckets = ``_reduce_parts``, ``write_unit``).
 """
 
 from __future__ import annotations
@@ -168,6 +173,7 @@ class PeakRSS:
         self.proc, self.interval = psutil.Process(), interval
         self.driver = self.worker = self.total = 0
         self.worker_name = ""
+        self.by_task: dict[str, int] = {}      # peak USS seen while a worker ran that task
         self._cpu_start: dict[int, float] = {}
         self._cpu_last: dict[int, float] = {}
         self._stop = threading.Event()
@@ -201,12 +207,14 @@ class PeakRSS:
             total += rss
             if p.pid == self.proc.pid:
                 self.driver = max(self.driver, rss)
-            elif is_worker and rss > worker:
-                worker = rss
+            elif is_worker:
                 try:
-                    wname = p.name()
+                    name = p.name().removeprefix("ray::")
                 except psutil.Error:
-                    pass
+                    name = "?"
+                self.by_task[name] = max(self.by_task.get(name, 0), rss)
+                if rss > worker:
+                    worker, wname = rss, name
         if worker > self.worker:
             self.worker, self.worker_name = worker, wname
         self.total = max(self.total, total)
@@ -297,7 +305,8 @@ def scale_point(n: int) -> dict:
     shutil.rmtree(docs_dir, ignore_errors=True)
     shutil.rmtree(WORK / "out" / f"syn{n}", ignore_errors=True)
     return {"docs": m["docs_in"], "seconds": dt, "removed": m["removed"],
-            "driver": mem.driver, "worker": mem.worker, "total": mem.total, "cpu": mem.cpu_seconds, "worker_name": mem.worker_name,
+            "driver": mem.driver, "worker": mem.worker, "total": mem.total, "cpu": mem.cpu_seconds,
+            "by_task": mem.by_task,
             "lsh": m["seconds_lsh"], "write": m["seconds_write"]}
 
 
@@ -335,16 +344,24 @@ def main() -> None:
               f"(mean {np.mean([len(t.split()) for t in texts[:20000]]):.0f} words; built in "
               f"{time.perf_counter() - t0:.0f}s)")
         docs_dir = write_corpus(texts, "real")
+        # 1st run: cold (the first Ray Data job of this Ray: workers import Ray Data etc.);
+        # 2nd: warm, as the stage runs in a pipeline after other stages used the same Ray
+        dt_cold, _, _, _ = run_forgeflow(docs_dir, cfg, "real")
         dt, m, rej, mem = run_forgeflow(docs_dir, cfg, "real")
         idx = {f"doc{i:08d}": i for i in range(len(texts))}
         ff_removed = {idx[r["id"]]: idx[r["duplicate_of"]] for r in rej}
         q = quality(texts, group, ff_removed, cfg.ngram)
-        print(f"forgeflow : {len(texts):,} docs in {dt:.1f}s = {len(texts) / dt:,.0f} docs/s; "
+        print(f"forgeflow : {len(texts):,} docs in {dt:.1f}s = {len(texts) / dt:,.0f} docs/s "
+              f"(cold, first Ray Data job of the session: {dt_cold:.1f}s = {len(texts) / dt_cold:,.0f} docs/s); "
               f"removed {m['exact_removed']:,} exact + {m['near_removed']:,} near; "
               f"recall {q['recall']:.4f} precision {q['precision']:.4f} "
               f"(natural dups {q['natural_dups']}, false {q['false_removals']}); "
               f"peak RSS driver {mem.driver / 2**20:.0f} MiB, largest worker {mem.worker / 2**20:.0f} MiB; "
               f"{mem.cpu_seconds:.1f} CPU-s = {len(texts) / mem.cpu_seconds:,.0f} docs per CPU-s")
+        cfg_sha1 = cfg.model_copy(update={"shingle_hash": "sha1"})
+        dt_sha1, m_sha1, _, _ = run_forgeflow(docs_dir, cfg_sha1, "real_sha1")
+        print(f"forgeflow shingle_hash=sha1 (datasketch's own hash function): {dt_sha1:.1f}s = "
+              f"{len(texts) / dt_sha1:,.0f} docs/s; removed {m_sha1['removed']:,}")
 
         nb = args.baseline_docs or len(texts)
         if nb < len(texts):
@@ -369,6 +386,9 @@ def main() -> None:
               f"(machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); "
               f"{cpub / mem.cpu_seconds:.1f}x per CPU-second, so {min(2, os.cpu_count()) * cpub / mem.cpu_seconds:.1f}x "
               "on 2 otherwise idle cores")
+        if nb == len(texts):
+            print(f"RATIO cold (first Ray Data job) = {dtb / dt_cold:.1f}x; with datasketch's sha1 "
+                  f"shingle hash in both = {dtb / dt_sha1:.1f}x")
 
     scales = [int(s) for s in args.scales.split(",") if s] + ([1_000_000] if args.million else [])
     if scales:
@@ -393,8 +413,10 @@ def main() -> None:
             print(f"{r['docs']:>10,} {r['seconds']:>8.1f} {r['docs'] / r['seconds']:>8,.0f} "
                   f"{r['seconds'] / r['docs'] * 1e6:>7.0f} {r['cpu'] / r['docs'] * 1e6:>10.0f} "
                   f"{r['driver'] / 2**20:>11.0f} "
-                  f"{r['worker'] / 2**20:>15.0f} {r['total'] / 2**20:>14.0f} {r['removed']:>8,}{grow}"
-                  f"  [largest worker: {r['worker_name'][:40]}]")
+                  f"{r['worker'] / 2**20:>15.0f} {r['total'] / 2**20:>14.0f} {r['removed']:>8,}{grow}")
+            tasks = {k.split("(")[-1].rstrip(")"): v for k, v in r["by_task"].items()}
+            print(" " * 11 + "worker peak USS while running: " + ", ".join(
+                f"{k} {v / 2**20:.0f} MiB" for k, v in sorted(tasks.items(), key=lambda kv: -kv[1])[:5]))
             prev = r
 
 

@@ -76,12 +76,27 @@ def empty_table(schema: pa.Schema) -> pa.Table:
     return pa.Table.from_batches([], schema=schema)
 
 
+ROW_GROUP_ROWS = 10_000            # row groups are the unit a reader must hold in memory:
+ROW_GROUP_BYTES = 64 << 20         # forgeflow's own files keep them at most this large
+
+
+def row_group_rows(table: pa.Table, max_rows: int = ROW_GROUP_ROWS,
+                   max_bytes: int = ROW_GROUP_BYTES) -> int:
+    """Rows per Parquet row group for ``table``: at most ``max_rows`` and about
+    ``max_bytes`` of Arrow data (by the table's mean row size)."""
+    if table.num_rows == 0:
+        return max_rows
+    per_row = max(1, table.nbytes // table.num_rows)
+    return max(1, min(max_rows, max_bytes // per_row))
+
+
 def write_table(table: pa.Table, out_dir: Path, sub: str = "data", part: int = 0) -> Path:
-    """Write one Arrow table as ``<out_dir>/<sub>/part-NNNNN.parquet``."""
+    """Write one Arrow table as ``<out_dir>/<sub>/part-NNNNN.parquet`` in row groups of
+    bounded size (``row_group_rows``)."""
     d = Path(out_dir) / sub
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"part-{part:05d}.parquet"
-    pq.write_table(table, path, compression="zstd")
+    pq.write_table(table, path, compression="zstd", row_group_size=row_group_rows(table))
     return path
 
 

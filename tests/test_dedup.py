@@ -14,8 +14,8 @@ from datasketch.lsh import _optimal_param
 
 from pipeline.dedup.components import connected_components
 from pipeline.dedup.config import DedupConfig
-from pipeline.dedup.minhash import (normalize, optimal_param, p_candidate, shingles,
-                                    signatures, use_char_ngrams)
+from pipeline.dedup.minhash import (SHINGLE_HASHFUNCS, normalize, optimal_param, p_candidate,
+                                    shingles, signatures, use_char_ngrams)
 from pipeline.engine import write_table
 from tests.conftest import shared_path
 
@@ -29,8 +29,12 @@ TEXTS = [
 ]
 
 
-def _datasketch(sh: set[str], num_perm: int, seed: int, scheme: str) -> np.ndarray:
-    m = MinHash(num_perm=num_perm, seed=seed, scheme=scheme)
+def _datasketch(sh: set[str], num_perm: int, seed: int, scheme: str,
+                shingle_hash: str = "rolling64") -> np.ndarray:
+    """datasketch's own MinHash of the shingles; ``sha1`` is its default hash function,
+    ``rolling64`` is passed as ``hashfunc`` (the plain-Python reference of ours)."""
+    kw = {} if shingle_hash == "sha1" else {"hashfunc": SHINGLE_HASHFUNCS[shingle_hash]}
+    m = MinHash(num_perm=num_perm, seed=seed, scheme=scheme, **kw)
     m.update_batch([s.encode("utf-8") for s in sh])
     return m.hashvalues.astype(np.uint64)
 
@@ -38,15 +42,45 @@ def _datasketch(sh: set[str], num_perm: int, seed: int, scheme: str) -> np.ndarr
 # ---------------------------------------------------------------------------------------
 # signatures
 # ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shingle_hash", ["rolling64", "sha1"])
 @pytest.mark.parametrize("scheme", ["affine32", "legacy"])
 @pytest.mark.parametrize("num_perm,seed", [(112, 1), (16, 7), (128, 1234)])
-def test_signatures_equal_datasketch(scheme, num_perm, seed):
+def test_signatures_equal_datasketch(scheme, num_perm, seed, shingle_hash):
     for n in (1, 3, 5):
-        sigs = signatures(TEXTS, ngram=n, num_perm=num_perm, seed=seed, scheme=scheme)
+        sigs = signatures(TEXTS, ngram=n, num_perm=num_perm, seed=seed, scheme=scheme,
+                          shingle_hash=shingle_hash)
         assert sigs.dtype == np.uint64 and sigs.shape == (len(TEXTS), num_perm)
         for text, row in zip(TEXTS, sigs):
-            expect = _datasketch(shingles(normalize(text), n), num_perm, seed, scheme)
+            expect = _datasketch(shingles(normalize(text), n), num_perm, seed, scheme, shingle_hash)
             np.testing.assert_array_equal(row, expect, err_msg=f"{scheme} n={n} {text!r}")
+
+
+def test_vectorised_paths_equal_reference():
+    """Batch normalisation and the windowed prefix-sum hash against the per-document and
+    per-shingle reference code: ragged whitespace, punctuation-only texts, NUL bytes,
+    digits, non-ASCII, and shingles longer than one 256 KiB hash window."""
+    from pipeline.dedup import minhash as M
+
+    rng = random.Random(3)
+    texts = TEXTS + ["", " ", "\n\n", "  A  b\tC\n", "_x_", "\x00nul\x00", "trailing   ",
+                     "x" * 600_000 + " y z " + "w " * 10]
+    texts += ["".join(rng.choice("ab ,.\n\t_0123AZ\x00é") for _ in range(rng.randrange(40)))
+              for _ in range(1500)]
+    assert M.normalize_batch(texts) == [M.normalize_bytes(t) for t in texts]
+    assert M.normalize_bytes("Hello,   WORLD!! 1999\n") == b"hello world 0000"
+    for name, f in SHINGLE_HASHFUNCS.items():
+        for n in (1, 2, 5):
+            for t, h in zip(texts, M.doc_hashes(texts, n, shingle_hash=name)):
+                nt = normalize(t)
+                expect = sorted({f(s.encode()) for s in shingles(nt, n, char=M.use_char_ngrams(nt, None, None) and bool(nt))})
+                assert sorted(set(h.tolist())) == expect, (name, n, t[:40])
+    # the prefix-sum identity over a window boundary: H(b[x:y]) for many random ranges
+    buf = bytes(rng.randrange(1, 256) for _ in range(300_000))
+    a = np.frombuffer(buf, dtype=np.uint8)
+    S = np.sort(np.array([rng.randrange(0, 299_000) for _ in range(50)]))
+    E = S + np.array([rng.randrange(1, 1000) for _ in range(50)])
+    got = M._rolling_spans(a, S, E)
+    assert got.tolist() == [M.rolling64_hash32(buf[x:y]) for x, y in zip(S.tolist(), E.tolist())]
 
 
 def test_signatures_with_config_and_small_chunks():
@@ -75,6 +109,8 @@ def test_normalisation_and_char_ngrams():
     assert "今天天气很" in sh and len(sh) == len(zh) - 4
     sig = signatures([zh], ngram=5, num_perm=32, char_ngrams=None)[0]
     np.testing.assert_array_equal(sig, _datasketch(sh, 32, 1, "affine32"))
+    # the default hash of an empty string set: no shingles, the empty signature
+    assert (signatures([""], num_perm=8) == (1 << 32) - 1).all()
 
 
 def test_lsh_params_match_datasketch():
@@ -174,6 +210,7 @@ def test_planted_duplicates_found(tmp_path, planted, ray_local):
     assert m["clusters"] == 5 and m["largest_cluster"] == 3
     assert (ctx.out_dir / "plots" / "cluster_sizes.png").exists()
     assert "cluster_examples.json" in ctx.tables and ctx.summary
+    assert not (ctx.out_dir / "_shuffle").exists()          # shuffle files are temporary
 
 
 def test_outputs_independent_of_parallelism(tmp_path, planted, ray_local):
@@ -269,3 +306,30 @@ def test_no_space_language_near_duplicates(tmp_path, ray_local):
     assert [(r["id"], r["reason"], r["duplicate_of"]) for r in rejected] == [
         ("d0004", "near_duplicate", "d0000")]
     assert len(kept) == 4
+
+
+def test_row_groups_bounded_and_large_row_groups_streamed(tmp_path, ray_local):
+    """forgeflow's writers cap row groups (a reader holds one row group); an input with a
+    row group larger than ``unit_rows`` is cut into units read by streaming, and the
+    stage's output parts are written in bounded row groups too."""
+    from pipeline.engine import row_group_rows
+
+    big = pa.table({"text": ["x" * 10_000] * 50})
+    assert row_group_rows(big, max_rows=10_000, max_bytes=100_000) == 9
+    assert row_group_rows(pa.table({"text": ["a"] * 5}), max_rows=3) == 3
+    path = write_table(pa.table({"id": [str(i) for i in range(25_000)]}), tmp_path / "rg", "data", 0)
+    assert [pq.ParquetFile(path).metadata.row_group(i).num_rows for i in range(3)] == [10_000, 10_000, 5_000]
+
+    base = _prose_docs(40, words=60)
+    texts = base + [base[1], _perturb(base[2], 0.02, random.Random(2)), base[39]]
+    table = pa.table({"id": [f"d{i:04d}" for i in range(len(texts))], "text": texts,
+                      "source": ["prose"] * len(texts), "url": [""] * len(texts)})
+    (tmp_path / "in" / "data").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "in" / "data" / "part-00000.parquet", row_group_size=1000)
+    m, kept, rejected, ctx = _run(tmp_path, DedupConfig(unit_rows=9, batch_size=4))
+    assert sorted((r["id"], r["duplicate_of"]) for r in rejected) == [
+        ("d0040", "d0001"), ("d0041", "d0002"), ("d0042", "d0039")]
+    assert [r["id"] for r in kept] == [f"d{i:04d}" for i in range(40)]     # input order kept
+    parts = sorted((tmp_path / "out" / "data").glob("*.parquet"))
+    assert len(parts) == 5                                                # 43 rows / 9 per unit
+    assert all(pq.ParquetFile(p).metadata.num_rows <= 9 for p in parts)

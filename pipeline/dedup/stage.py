@@ -10,9 +10,16 @@ Data flow (every document-sized step runs on Ray workers, one *unit* of rows at 
              normalised text; of the URL too with ``exact_url``) and one LSH key per band
              (hash of the band's MinHash rows). Signatures are computed vectorised per
              batch and dropped right after banding: no process ever holds all signatures.
- 3. buckets  ``groupby(part).map_groups``: a hash shuffle of the key rows into partitions
-             of bounded size; inside a partition rows are sorted by key and every bucket
-             (run of equal keys) emits star edges (smallest doc, other doc).
+             The map side of the shuffle: each unit's key rows (17 bytes each), sorted by
+             LSH partition, go to ``_shuffle/keys-<unit>.npy`` + partition offsets.
+ 3. buckets  Ray Data ``map_batches`` over partitions (the reduce side): a partition's
+             slice of every unit's key file is read (memory-mapped), sorted by key, and
+             every bucket (run of equal keys) emits star edges (smallest doc, other doc).
+             Partitions hold at most ~``rows_per_partition`` rows, so their number grows
+             with the corpus and their size does not. (A file shuffle rather than Ray
+             Data's ``groupby``: no all-to-all through the object store, and a memory
+             bound per task that is a function of two settings; the shuffle files live
+             in the stage's partial directory, i.e. on the store's shared filesystem.)
  4. clusters the edges (only duplicates) meet on the driver: optional exact-Jaccard
              verification, union-find, one keeper per cluster by the keep policy.
  5. write    Ray tasks per unit re-read their rows and split them into kept
@@ -27,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -36,9 +44,9 @@ import pyarrow.parquet as pq
 
 from pipeline.dedup.components import connected_components
 from pipeline.dedup.config import DedupConfig
-from pipeline.dedup.minhash import (band_keys, doc_hashes, jaccard, p_candidate,
-                                    signatures_from_hashes, text_features)
-from pipeline.engine import ensure_ray, parquet_files, write_table
+from pipeline.dedup.minhash import (band_keys, doc_features, doc_hashes, jaccard, p_candidate,
+                                    signatures_from_hashes)
+from pipeline.engine import ROW_GROUP_ROWS, ensure_ray, parquet_files, write_table
 from pipeline.stage import StageContext
 
 KIND_TEXT, KIND_URL, KIND_BAND = 0, 1, 2
@@ -78,6 +86,22 @@ def read_unit(unit: dict, columns: list[str] | None = None) -> pa.Table:
     return table.slice(unit["start"], unit["stop"] - unit["start"])
 
 
+def iter_unit(unit: dict, columns: list[str], batch_rows: int):
+    """The unit's rows as (table of at most ``batch_rows`` rows, its first row's index in
+    the unit), streamed from its row group: memory holds one batch, not the unit."""
+    pf = pq.ParquetFile(unit["path"])
+    names = set(pf.schema_arrow.names)
+    pos = 0                                   # row index within the row group
+    for rb in pf.iter_batches(batch_size=batch_rows, row_groups=[unit["rg"]],
+                              columns=[c for c in columns if c in names]):
+        lo, hi = max(unit["start"], pos), min(unit["stop"], pos + rb.num_rows)
+        if hi > lo:
+            yield pa.Table.from_batches([rb.slice(lo - pos, hi - lo)]), lo - unit["start"]
+        pos += rb.num_rows
+        if pos >= unit["stop"]:
+            break
+
+
 # ---------------------------------------------------------------------------------------
 # 2. keys: exact and LSH band keys per document (Ray Data map_batches over units)
 # ---------------------------------------------------------------------------------------
@@ -98,125 +122,180 @@ def _scores(table: pa.Table, keep: str, quality_column: str) -> np.ndarray:
     return np.zeros(n, dtype=np.float64)
 
 
-def unit_keys(batch: dict, cfg: dict, bands: int, rows: int, keep: str) -> dict:
-    """Ray Data map_batches fn (batch_size=1): one unit in, its key rows out."""
-    cfg = DedupConfig(**cfg)
-    unit = {k: (v[0].item() if hasattr(v[0], "item") else v[0]) for k, v in batch.items()}
-    cols = ["text", "url", "lang", cfg.quality_column]
-    table = read_unit(unit, cols)
-    n = table.num_rows
-    docs = unit["offset"] + np.arange(n, dtype=np.int64)
-    score = _scores(table, keep, cfg.quality_column)
-    texts = table["text"].to_pylist()
-    langs = table["lang"].to_pylist() if "lang" in table.column_names else [None] * n
-    out_key, out_doc, out_kind = [], [], []
-    for i in range(0, n, cfg.batch_size):
-        feats = [text_features(t, cfg.ngram, lang, cfg.char_ngrams)
-                 for t, lang in zip(texts[i:i + cfg.batch_size], langs[i:i + cfg.batch_size])]
-        bdocs = docs[i:i + cfg.batch_size]
-        ok = np.array([len(norm) > 0 for norm, _ in feats], dtype=bool)   # empty: no dedup
+SHUFFLE_DTYPE = np.dtype([("key", "<u8"), ("doc", "<i8"), ("kind", "i1")])   # 17 bytes a row
+
+
+def _partition_of(key: np.ndarray, num_parts: int) -> np.ndarray:
+    """LSH partition of a key row (bits 40.. of the key: independent of the band salt)."""
+    return ((key >> np.uint64(40)) % np.uint64(num_parts)).astype(np.int64)
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    """np.save via a temporary name: a retried task never leaves a torn file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    tmp.replace(path)
+
+
+def unit_keys(unit: dict, cfg: DedupConfig, bands: int, rows: int, keep: str, num_parts: int,
+              shuffle_dir: Path) -> int:
+    """Map side of the LSH shuffle, one unit of documents: its key rows (exact key of
+    the normalised text, of the URL with ``exact_url``, one LSH key per band) sorted by
+    partition into ``keys-<unit>.npy`` with the partition offsets in ``index-<unit>.npy``;
+    the keep-policy score of each document in ``score-<unit>.npy``. Signatures are
+    computed per ``batch_size`` documents and dropped after banding. Returns the row count."""
+    out_key, out_doc, out_kind, scores = [], [], [], []
+    for table, start in iter_unit(unit, ["text", "url", "lang", cfg.quality_column], cfg.batch_size):
+        n = table.num_rows
+        bdocs = unit["offset"] + start + np.arange(n, dtype=np.int64)
+        if keep != "first":
+            scores.append(_scores(table, keep, cfg.quality_column))
+        langs = table["lang"].to_pylist() if "lang" in table.column_names else None
+        norms, hashes = doc_features(table["text"].to_pylist(), cfg.ngram, langs,
+                                     cfg.char_ngrams, cfg.shingle_hash)
+        ok = np.array([len(x) > 0 for x in norms], dtype=bool)   # empty: no dedup
         if cfg.exact:
-            out_key.append(np.array([_sha64(norm) for norm, _ in feats if norm], dtype=np.uint64))
+            out_key.append(np.array([_sha64(x) for x in norms if x], dtype=np.uint64))
             out_doc.append(bdocs[ok])
             out_kind.append(np.full(int(ok.sum()), KIND_TEXT, dtype=np.int8))
         if cfg.minhash and ok.any():
-            sigs = signatures_from_hashes([h for norm, h in feats if norm], cfg.num_perm,
+            sigs = signatures_from_hashes([h for x, h in zip(norms, hashes) if x], cfg.num_perm,
                                           cfg.seed, cfg.scheme)
             keys = band_keys(sigs, bands, rows)                 # [docs, bands]
             out_key.append(keys.reshape(-1))
             out_doc.append(np.repeat(bdocs[ok], bands))
             out_kind.append(np.full(keys.size, KIND_BAND, dtype=np.int8))
-    if cfg.exact_url and "url" in table.column_names:
-        urls = table["url"].to_pylist()
-        ok = np.array([bool(u) for u in urls], dtype=bool)
-        out_key.append(np.array([_sha64(b"url:" + u.encode("utf-8")) for u in urls if u],
-                                dtype=np.uint64))
-        out_doc.append(docs[ok])
-        out_kind.append(np.full(int(ok.sum()), KIND_URL, dtype=np.int8))
-    key = np.concatenate(out_key) if out_key else np.empty(0, np.uint64)
-    doc = np.concatenate(out_doc) if out_doc else np.empty(0, np.int64)
-    kind = np.concatenate(out_kind) if out_kind else np.empty(0, np.int8)
-    local = doc - unit["offset"]
-    return {"key": key, "doc": doc, "kind": kind, "score": score[local],
-            "part": np.zeros(len(key), np.int64)}   # partition set by the caller's map
+        if cfg.exact_url and "url" in table.column_names:
+            urls = table["url"].to_pylist()
+            ok = np.array([bool(u) for u in urls], dtype=bool)
+            out_key.append(np.array([_sha64(b"url:" + u.encode("utf-8")) for u in urls if u],
+                                    dtype=np.uint64))
+            out_doc.append(bdocs[ok])
+            out_kind.append(np.full(int(ok.sum()), KIND_URL, dtype=np.int8))
+    if keep != "first":
+        _save(shuffle_dir / f"score-{unit['unit']:06d}.npy",
+              np.concatenate(scores) if scores else np.empty(0, np.float64))
+    rec = np.empty(sum(len(k) for k in out_key), dtype=SHUFFLE_DTYPE)
+    if len(rec):
+        rec["key"] = np.concatenate(out_key)
+        rec["doc"] = np.concatenate(out_doc)
+        rec["kind"] = np.concatenate(out_kind)
+    part = _partition_of(rec["key"], num_parts)
+    order = np.argsort(part, kind="stable")
+    _save(shuffle_dir / f"keys-{unit['unit']:06d}.npy", rec[order])
+    _save(shuffle_dir / f"index-{unit['unit']:06d}.npy",
+          np.searchsorted(part[order], np.arange(num_parts + 1)).astype(np.int64))
+    return len(rec)
 
 
-def _with_partition(batch: dict, num_parts: int) -> dict:
-    batch["part"] = ((batch["key"] >> np.uint64(40)) % np.uint64(num_parts)).astype(np.int64)
-    return batch
+def _map_units(batch: dict, **kw) -> dict:
+    """Ray Data map_batches fn: a batch of unit descriptions -> their key-row counts."""
+    cfg = DedupConfig(**kw.pop("cfg"))
+    shuffle_dir = Path(kw.pop("shuffle_dir"))
+    units = [dict(zip(batch, vals)) for vals in zip(*(batch[k].tolist() for k in batch))]
+    return {"unit": np.array([u["unit"] for u in units], dtype=np.int64),
+            "rows": np.array([unit_keys(u, cfg, shuffle_dir=shuffle_dir, **kw) for u in units],
+                             dtype=np.int64)}
 
 
 # ---------------------------------------------------------------------------------------
-# 3. buckets: edges within each bucket (Ray Data groupby(part).map_groups)
+# 3. buckets: edges within each bucket, one LSH partition at a time
 # ---------------------------------------------------------------------------------------
-def bucket_edges(group: dict) -> dict:
-    """All key rows of one partition -> star edges (first doc of a bucket, each other doc).
+def read_partition(shuffle_dir: Path, part: int, units: list[int]) -> np.ndarray:
+    """All key rows of one partition: its slice of every unit's key file (memory-mapped,
+    only the slice is read)."""
+    pieces = []
+    for u in units:
+        idx = np.load(shuffle_dir / f"index-{u:06d}.npy")
+        lo, hi = int(idx[part]), int(idx[part + 1])
+        if hi > lo:
+            pieces.append(np.array(np.load(shuffle_dir / f"keys-{u:06d}.npy", mmap_mode="r")[lo:hi]))
+    return np.concatenate(pieces) if pieces else np.empty(0, dtype=SHUFFLE_DTYPE)
+
+
+def bucket_edges(rec: np.ndarray) -> dict:
+    """Key rows of one partition -> star edges (first doc of a bucket, each other doc).
     A bucket = rows with equal (kind, key); k docs give k-1 edges, not k*(k-1)/2."""
-    key, doc, kind, score = group["key"], group["doc"], group["kind"], group["score"]
-    order = np.lexsort((doc, key, kind))
-    key, doc, kind, score = key[order], doc[order], kind[order], score[order]
-    if len(key) < 2:
+    if len(rec) < 2:
         return _edges_empty()
+    order = np.lexsort((rec["doc"], rec["key"], rec["kind"]))
+    key, doc, kind = rec["key"][order], rec["doc"][order], rec["kind"][order]
     new = np.ones(len(key), dtype=bool)
     new[1:] = (key[1:] != key[:-1]) | (kind[1:] != kind[:-1])
     head = np.maximum.accumulate(np.where(new, np.arange(len(key)), 0))   # bucket's first row
     m = ~new & (doc != doc[head])            # same doc twice in a bucket cannot happen, but be safe
-    return {"u": doc[head][m], "v": doc[m], "kind": kind[m],
-            "su": score[head][m], "sv": score[m]}
+    return {"u": doc[head][m], "v": doc[m], "kind": kind[m]}
+
+
+def _reduce_parts(batch: dict, shuffle_dir: str, units: list[int]) -> dict:
+    """Ray Data map_batches fn: a batch of partition numbers -> their bucket edges."""
+    out = [bucket_edges(read_partition(Path(shuffle_dir), int(p), units)) for p in batch["part"]]
+    return {k: np.concatenate([o[k] for o in out]) for k in ("u", "v", "kind")}
 
 
 def _edges_empty() -> dict:
-    return {"u": np.empty(0, np.int64), "v": np.empty(0, np.int64), "kind": np.empty(0, np.int8),
-            "su": np.empty(0, np.float64), "sv": np.empty(0, np.float64)}
+    return {"u": np.empty(0, np.int64), "v": np.empty(0, np.int64), "kind": np.empty(0, np.int8)}
 
 
 def candidate_edges(units: list[dict], cfg: DedupConfig, bands: int, rows: int, keep: str,
-                    num_cpus: int, ctx: StageContext) -> dict:
-    """Steps 2-3 on Ray Data; returns the distinct edges, collected on the driver."""
+                    num_cpus: int, ctx: StageContext, shuffle_dir: Path) -> dict:
+    """Steps 2-3 on Ray Data: map over units (key rows to partitioned files), then over
+    partitions (buckets to edges); returns the distinct edges, collected on the driver."""
     ray = ensure_ray()
     n_docs = sum(u["stop"] - u["start"] for u in units)
     rows_per_doc = (bands if cfg.minhash else 0) + int(cfg.exact) + int(cfg.exact_url)
     num_parts = max(num_cpus, math.ceil(n_docs * rows_per_doc / cfg.rows_per_partition))
-    # Sort-based (pull) shuffle: plain tasks, no long-lived aggregator actors; in Ray 2.60
-    # the default hash-shuffle actors occasionally abort on this machine (abseil mutex).
-    from ray.data.context import DataContext, ShuffleStrategy
-    dctx = DataContext.get_current()
-    saved = dctx.shuffle_strategy
-    dctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    try:
-        return _run_edges(ray, units, cfg, bands, rows, keep, num_parts, n_docs, ctx)
-    finally:
-        dctx.shuffle_strategy = saved
-
-
-def _run_edges(ray, units, cfg, bands, rows, keep, num_parts, n_docs, ctx) -> dict:
-    ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-    ds = ds.map_batches(unit_keys, batch_size=1, batch_format="numpy",
-                        fn_kwargs=dict(cfg=cfg.model_dump(), bands=bands, rows=rows, keep=keep))
-    ds = ds.map_batches(_with_partition, batch_format="numpy", fn_kwargs=dict(num_parts=num_parts))
-    edges_ds = ds.groupby("part", num_partitions=num_parts).map_groups(bucket_edges,
-                                                                      batch_format="numpy")
-    parts = {k: [] for k in ("u", "v", "kind", "su", "sv")}
-    for b in edges_ds.iter_batches(batch_format="numpy", batch_size=None):
+    shuffle_dir.mkdir(parents=True, exist_ok=True)
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    ds = ds.map_batches(_map_units, batch_size=1, batch_format="numpy",
+                        fn_kwargs=dict(cfg=cfg.model_dump(), bands=bands, rows=rows, keep=keep,
+                                       num_parts=num_parts, shuffle_dir=str(shuffle_dir)))
+    key_rows = 0
+    prog = ctx.progress(total=n_docs, unit="docs", desc=f"{ctx.name}:keys")
+    done = {u["unit"]: u["stop"] - u["start"] for u in units}
+    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+        key_rows += int(b["rows"].sum())
+        prog.update(sum(done[int(u)] for u in b["unit"]))
+    prog.close()
+    unit_ids = [u["unit"] for u in units]
+    eds = ray.data.from_items([{"part": p} for p in range(num_parts)],
+                              override_num_blocks=num_parts)
+    eds = eds.map_batches(_reduce_parts, batch_size=1, batch_format="numpy",
+                          fn_kwargs=dict(shuffle_dir=str(shuffle_dir), units=unit_ids))
+    parts = {k: [] for k in ("u", "v", "kind")}
+    for b in eds.iter_batches(batch_format="numpy", batch_size=None):
         for k in parts:
             parts[k].append(b[k])
     e = {k: (np.concatenate(v) if v else _edges_empty()[k]) for k, v in parts.items()}
-    ctx.log(f"{len(e['u'])} bucket edges from {n_docs} docs in {num_parts} LSH partitions")
+    ctx.log(f"{key_rows:,} key rows from {n_docs:,} docs in {num_parts} LSH partitions -> "
+            f"{len(e['u']):,} bucket edges")
     return _distinct_edges(e)
 
 
 def _distinct_edges(e: dict) -> dict:
-    """One row per (u, v, kind), sorted: the same pair is found by several bands."""
+    """One row per (u, v, kind) with u < v, sorted: the same pair is found by several bands."""
     if len(e["u"]) == 0:
         return e
     u, v = np.minimum(e["u"], e["v"]), np.maximum(e["u"], e["v"])
-    su = np.where(e["u"] <= e["v"], e["su"], e["sv"])
-    sv = np.where(e["u"] <= e["v"], e["sv"], e["su"])
     order = np.lexsort((v, u, e["kind"]))
-    u, v, kind, su, sv = u[order], v[order], e["kind"][order], su[order], sv[order]
+    u, v, kind = u[order], v[order], e["kind"][order]
     keep = np.ones(len(u), dtype=bool)
     keep[1:] = (u[1:] != u[:-1]) | (v[1:] != v[:-1]) | (kind[1:] != kind[:-1])
-    return {"u": u[keep], "v": v[keep], "kind": kind[keep], "su": su[keep], "sv": sv[keep]}
+    return {"u": u[keep], "v": v[keep], "kind": kind[keep]}
+
+
+def node_scores(nodes: np.ndarray, units: list[dict], keep: str, shuffle_dir: Path) -> np.ndarray:
+    """Keep-policy score of each cluster member, read from the units' score files."""
+    score = np.zeros(len(nodes), dtype=np.float64)
+    if keep == "first" or not len(nodes):
+        return score
+    uid = _unit_of(nodes, units)
+    for i in np.unique(uid):
+        m = uid == i
+        s = np.load(shuffle_dir / f"score-{units[i]['unit']:06d}.npy", mmap_mode="r")
+        score[m] = s[nodes[m] - units[i]["offset"]]
+    return score
 
 
 # ---------------------------------------------------------------------------------------
@@ -234,7 +313,8 @@ def _unit_shingle_hashes(unit: dict, wanted: np.ndarray, cfg: dict) -> tuple[np.
     texts = table["text"].take(pa.array(local)).to_pylist()
     langs = (table["lang"].take(pa.array(local)).to_pylist() if "lang" in table.column_names
              else None)
-    return wanted, [np.unique(h) for h in doc_hashes(texts, cfg.ngram, cfg.char_ngrams, langs)]
+    return wanted, [np.unique(h) for h in doc_hashes(texts, cfg.ngram, cfg.char_ngrams, langs,
+                                                      cfg.shingle_hash)]
 
 
 def verify_edges(e: dict, units: list[dict], cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -258,13 +338,13 @@ def verify_edges(e: dict, units: list[dict], cfg: DedupConfig) -> tuple[np.ndarr
     return ~near | (jac >= cfg.threshold), jac
 
 
-def clusters(e: dict) -> dict:
+def clusters(e: dict, scores=None) -> dict:
     """Union-find over all edges, then one keeper per cluster (highest score, then first
-    in input order). Returns per member doc: root, keeper, size, exact-group root."""
+    in input order). ``scores(nodes)`` gives the members' keep-policy scores (default:
+    all equal, so the first document wins). Returns per member doc: root, keeper, size,
+    exact-group root."""
     nodes, root = connected_components(e["u"], e["v"])
-    score = np.zeros(len(nodes), dtype=np.float64)
-    score[np.searchsorted(nodes, e["u"])] = e["su"]
-    score[np.searchsorted(nodes, e["v"])] = e["sv"]
+    score = scores(nodes) if scores is not None else np.zeros(len(nodes), dtype=np.float64)
     # keeper: sort by (root, -score, doc) and take the first row of every root
     order = np.lexsort((nodes, -score, root))
     first = np.ones(len(order), dtype=bool)
@@ -291,45 +371,93 @@ def _unit_ids(unit: dict, wanted: np.ndarray) -> tuple[np.ndarray, list]:
     return wanted, table["id"].take(pa.array(wanted - unit["offset"])).to_pylist()
 
 
-def write_unit(unit: dict, info: dict, out_dir: str, sample_docs: np.ndarray) -> dict:
-    """Split one unit into kept/removed rows and write both parts; return counts and
-    text snippets of the requested sample docs (for the cluster examples table)."""
-    table = read_unit(unit)
-    table = table.drop_columns([c for c in ADDED_COLUMNS if c in table.column_names])
-    n = table.num_rows
-    ids = table["id"].to_pylist()
-    local = info["doc"] - unit["offset"]
-    cluster_id = list(ids)
-    size = np.ones(n, dtype=np.int64)
-    removed = np.zeros(n, dtype=bool)
-    reason = [None] * n
-    dup_of = [None] * n
-    for j, li in enumerate(local.tolist()):
-        cluster_id[li] = info["keeper_id"][j]
-        size[li] = info["size"][j]
-        if info["doc"][j] != info["keeper"][j]:
-            removed[li] = True
-            reason[li] = REASON_EXACT if info["exact"][j] else REASON_NEAR
-            dup_of[li] = info["keeper_id"][j]
-    table = table.append_column("cluster_id", pa.array(cluster_id, pa.string()))
-    table = table.append_column("cluster_size", pa.array(size, pa.int64()))
-    kept = table.filter(pa.array(~removed))
-    write_table(kept, Path(out_dir), "data", unit["unit"])
-    if removed.any():
-        rej = table.filter(pa.array(removed))
-        rsel = np.flatnonzero(removed)
-        rej = rej.append_column("reason", pa.array([reason[i] for i in rsel], pa.string()))
-        rej = rej.append_column("detail", pa.array([dup_of[i] for i in rsel], pa.string()))
-        rej = rej.append_column("duplicate_of", pa.array([dup_of[i] for i in rsel], pa.string()))
-        write_table(rej, Path(out_dir), "rejected", unit["unit"])
-    texts = table["text"]
-    empty = sum(1 for t in texts.to_pylist() if not t or not _HAS_WORD.search(t))
-    snippets = {int(d): (ids[d - unit["offset"]], (texts[int(d - unit["offset"])].as_py() or "")[:200])
-                for d in sample_docs.tolist()}
-    return {"unit": unit["unit"], "docs_in": n, "docs_out": int(n - removed.sum()),
-            "exact_removed": int(sum(r == REASON_EXACT for r in reason)),
-            "near_removed": int(sum(r == REASON_NEAR for r in reason)),
-            "empty_docs": empty, "snippets": snippets}
+class _PartWriter:
+    """``<out_dir>/<sub>/part-<unit>.parquet`` written batch by batch; rows are buffered
+    into row groups of at most ``ROW_GROUP_ROWS`` rows / 32 MiB, so memory holds one
+    row group, not the unit."""
+
+    def __init__(self, out_dir: Path, sub: str, unit: int, max_bytes: int = 32 << 20):
+        self.path = Path(out_dir) / sub / f"part-{unit:05d}.parquet"
+        self.max_bytes, self.buf, self.writer = max_bytes, [], None
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.buf.append(table)
+            if (sum(t.num_rows for t in self.buf) >= ROW_GROUP_ROWS
+                    or sum(t.nbytes for t in self.buf) >= self.max_bytes):
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self.buf:
+            return
+        table = pa.concat_tables(self.buf)
+        self.buf = []
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self.writer.write_table(table, row_group_size=table.num_rows)
+
+    def close(self, empty_schema: pa.Schema | None = None) -> None:
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+        elif empty_schema is not None:          # keep one (empty) part per unit
+            write_table(empty_schema.empty_table(), self.path.parent.parent, self.path.parent.name,
+                        int(self.path.stem.split("-")[1]))
+
+
+def write_unit(unit: dict, info: dict, out_dir: str, sample_docs: np.ndarray,
+               batch_rows: int = 1024) -> dict:
+    """Split one unit into kept/removed rows and write both parts, streaming the unit in
+    batches; return counts and text snippets of the requested sample docs (for the
+    cluster examples table)."""
+    pf = pq.ParquetFile(unit["path"])
+    columns = [c for c in pf.schema_arrow.names if c not in ADDED_COLUMNS]
+    member = {int(d): j for j, d in enumerate(info["doc"].tolist())}
+    samples = set(sample_docs.tolist())
+    kept_w, rej_w = _PartWriter(out_dir, "data", unit["unit"]), _PartWriter(out_dir, "rejected", unit["unit"])
+    counts = {"docs_in": 0, "docs_out": 0, "exact_removed": 0, "near_removed": 0, "empty_docs": 0}
+    snippets, schema = {}, None
+    for table, start in iter_unit(unit, columns, batch_rows):
+        n = table.num_rows
+        first = unit["offset"] + start
+        ids = table["id"].to_pylist()
+        cluster_id, size = list(ids), np.ones(n, dtype=np.int64)
+        removed = np.zeros(n, dtype=bool)
+        reason: list = [None] * n
+        dup_of: list = [None] * n
+        for li in range(n):
+            j = member.get(first + li)
+            if j is None:
+                continue
+            cluster_id[li], size[li] = info["keeper_id"][j], info["size"][j]
+            if info["doc"][j] != info["keeper"][j]:
+                removed[li] = True
+                reason[li] = REASON_EXACT if info["exact"][j] else REASON_NEAR
+                dup_of[li] = info["keeper_id"][j]
+        table = table.append_column("cluster_id", pa.array(cluster_id, pa.string()))
+        table = table.append_column("cluster_size", pa.array(size, pa.int64()))
+        schema = table.schema
+        kept_w.add(table.filter(pa.array(~removed)))
+        if removed.any():
+            rsel = np.flatnonzero(removed)
+            rej = table.filter(pa.array(removed))
+            rej = rej.append_column("reason", pa.array([reason[i] for i in rsel], pa.string()))
+            rej = rej.append_column("detail", pa.array([dup_of[i] for i in rsel], pa.string()))
+            rej = rej.append_column("duplicate_of", pa.array([dup_of[i] for i in rsel], pa.string()))
+            rej_w.add(rej)
+        texts = table["text"].to_pylist()
+        counts["docs_in"] += n
+        counts["docs_out"] += int(n - removed.sum())
+        counts["exact_removed"] += sum(r == REASON_EXACT for r in reason)
+        counts["near_removed"] += sum(r == REASON_NEAR for r in reason)
+        counts["empty_docs"] += sum(1 for t in texts if not t or not _HAS_WORD.search(t))
+        for li in range(n):
+            if first + li in samples:
+                snippets[first + li] = (ids[li], (texts[li] or "")[:200])
+    kept_w.close(empty_schema=schema)
+    rej_w.close()
+    return {"unit": unit["unit"], **counts, "snippets": snippets}
 
 
 def _bounded_map(ray, fn, args_list: list[tuple], max_in_flight: int):
@@ -376,11 +504,9 @@ def run_dedup(cfg: DedupConfig, docs_dir: Path, ctx: StageContext) -> dict:
 
     # 2-3: keys -> buckets -> edges (Ray Data)
     t0 = time.perf_counter()
-    prog = ctx.progress(total=n_docs, unit="docs", desc=f"{ctx.name}:lsh")
-    e = (candidate_edges(units, cfg, bands, rows, keep, ctx.num_cpus, ctx)
+    shuffle_dir = Path(ctx.out_dir) / "_shuffle"
+    e = (candidate_edges(units, cfg, bands, rows, keep, ctx.num_cpus, ctx, shuffle_dir)
          if units and (cfg.exact or cfg.exact_url or cfg.minhash) else _edges_empty())
-    prog.update(n_docs, edges=len(e["u"]))
-    prog.close()
     t_lsh = time.perf_counter() - t0
     near = e["kind"] == KIND_BAND
     candidate_pairs, exact_pairs = int(near.sum()), int((~near).sum())
@@ -392,7 +518,8 @@ def run_dedup(cfg: DedupConfig, docs_dir: Path, ctx: StageContext) -> dict:
         jac = jac[near]
         e = {k: v[ok] for k, v in e.items()}
     verified_pairs = int((e["kind"] == KIND_BAND).sum())
-    cl = clusters(e)
+    cl = clusters(e, lambda nodes: node_scores(nodes, units, keep, shuffle_dir))
+    shutil.rmtree(shuffle_dir, ignore_errors=True)
     uid = _unit_of(cl["keeper"], units) if len(cl["doc"]) else np.empty(0, np.int64)
     keeper_ids: dict[int, str] = {}
     for docs, ids in _bounded_map(ray, _unit_ids,
