@@ -35,7 +35,8 @@ class Progress:
         self.enabled = enabled
         self.n = 0
         self.start = time.monotonic()
-        self._last = 0.0
+        self._last = float("-inf")   # the first update always prints
+        self._shown = None          # (n, postfix) of the last printed line
         self.postfix: dict = {}
 
     def update(self, n: int = 1, **postfix) -> None:
@@ -62,10 +63,13 @@ class Progress:
 
     def _print(self, now: float) -> None:
         if self.enabled:
+            self._shown = (self.n, dict(self.postfix))
             print(self.line(now), file=self.stream, flush=True)
 
     def close(self) -> None:
-        self._print(time.monotonic())
+        """Print the final line, unless the last printed line already says the same."""
+        if self._shown != (self.n, self.postfix):
+            self._print(time.monotonic())
 
     def __enter__(self):
         return self
