@@ -16,7 +16,7 @@ def test_final_line_printed_once():
 def test_close_prints_what_changed_since_the_last_line():
     buf = io.StringIO()
     p = Progress("x", total=4, unit="docs", interval=3600.0, stream=buf)
-    p.update(1)                 # first update prints (the clock starts at 0)
+    p.update(1)                 # the first update always prints
     p.update(3, kept=2)         # within the interval: not printed
     p.close()
     lines = buf.getvalue().splitlines()
