@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.engine import configure_ray
 from pipeline.plan import Node
 from pipeline.spec import PipelineSpec, flatten
-from pipeline.stage import StageContext
+from pipeline.stage import StageContext, removal_report
 from pipeline.store import Artifact, ArtifactStore, code_version, compute_identity
 from pipeline.tracking import StageRun, Tracker, redact, resolve_tracking_uri
 
@@ -107,7 +107,7 @@ def execute(node: Node, inputs: dict[str, Artifact], env: RunEnv) -> Outcome:
             config=node.config, inputs={k: a.identity for k, a in inputs.items()},
             metrics=metrics,
             extra={"key": node.key, "mlflow_run_id": child.run_id, "summary": ctx.summary,
-                   "dataset": node.dataset})
+                   "dataset": node.dataset, "removals": ctx.removed})
     except BaseException:
         pending.release()
         child.finish("FAILED")
@@ -120,6 +120,12 @@ def execute(node: Node, inputs: dict[str, Artifact], env: RunEnv) -> Outcome:
         _log_dataset(env.parent_run, artifact, node.dataset)
     child.finish("FINISHED")
     log.info("[%s] done in %.1fs -> %s", node.key, seconds, artifact.dir)
+    lines, warning = removal_report(node.key, ctx.removed)
+    for line in lines:
+        log.info("%s", line)
+    if warning:
+        log.warning("%s", warning)
+        ctx.note(f"⚠ {warning}")
     return Outcome(node.key, artifact, False, child.run_id, seconds, ctx.summary, ctx.tables)
 
 

@@ -34,6 +34,7 @@ class StageContext:
     show_progress: bool = True
     summary: list[str] = field(default_factory=list)   # markdown lines for Prefect
     tables: dict[str, list[dict]] = field(default_factory=dict)
+    removed: dict | None = None    # {"docs_in": n, "reasons": {reason: count}} (see removals)
 
     # ---- convenience -------------------------------------------------------------
     @classmethod
@@ -104,3 +105,33 @@ class StageContext:
     def note(self, markdown_line: str) -> None:
         """A line for the stage's Prefect markdown artifact."""
         self.summary.append(markdown_line)
+
+    def removals(self, docs_in: int, reasons: dict[str, int]) -> None:
+        """Declare how many documents came in and how many each reason removed. The
+        runner prints them as a table when the stage ends, warns when more than half of
+        the input went, and keeps them in the manifest (``removals``)."""
+        self.removed = {"docs_in": int(docs_in),
+                        "reasons": {str(k): int(v) for k, v in reasons.items() if v}}
+
+
+def removal_report(key: str, removed: dict | None, warn_share: float = 0.5) -> tuple[list[str], str | None]:
+    """Lines of the removal table of one stage, and a warning when more than
+    ``warn_share`` of its input was removed (``None`` otherwise)."""
+    if not removed:
+        return [], None
+    docs_in, reasons = removed["docs_in"], removed["reasons"]
+    total = sum(reasons.values())
+    if not total:
+        return [f"[{key}] removed 0 of {docs_in:,} documents"], None
+    lines = [f"[{key}] removed {total:,} of {docs_in:,} documents "
+             f"({100 * total / max(docs_in, 1):.1f}%), by reason:"]
+    width = max(len(r) for r in reasons)
+    for reason, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"    {reason:<{width}}  {n:>8,}  {100 * n / max(docs_in, 1):5.1f}%")
+    warning = None
+    if docs_in and total > warn_share * docs_in:
+        top, n = max(reasons.items(), key=lambda kv: kv[1])
+        warning = (f"[{key}] removed more than half of its input: {total:,} of {docs_in:,} "
+                   f"documents ({100 * total / docs_in:.0f}%); most by `{top}` ({n:,}). "
+                   f"Check that step's settings in the spec if this is not what you meant.")
+    return lines, warning

@@ -574,5 +574,7 @@ def run_dedup(cfg: DedupConfig, docs_dir: Path, ctx: StageContext) -> dict:
         "docs_per_second": n_docs / max(1e-9, t_lsh + t_cluster + t_write),
         **{f"p_candidate_at_{s}": p for s, p in s_curve.items()},
     }
+    ctx.removals(totals["docs_in"], {REASON_EXACT: totals["exact_removed"],
+                                     REASON_NEAR: totals["near_removed"]})
     report(ctx, cfg, metrics, cluster_sizes, cl, top, snippets, jac, s_curve, keep)
     return metrics

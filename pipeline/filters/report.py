@@ -120,6 +120,7 @@ class FilterReport:
     def publish(self, ctx) -> dict:
         m = self.metrics()
         ctx.metrics({k: v for k, v in m.items()})
+        ctx.removals(m["docs_in"], {name: m[f"removed_{name}"] for name in ["input"] + self.chain.names})
         ctx.table(self.summary_rows(), "filter_summary.json")
         ctx.table(self.sample_rows(), "filter_rejected_samples.json")
         ctx.note(f"**filter**: {m['docs_in']:,} docs in, {m['docs_out']:,} kept "

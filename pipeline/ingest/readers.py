@@ -32,6 +32,8 @@ class Doc:
     warc_date: str | None = None
     content_type: str | None = None
     where: str = ""                 # human location: "<file> line 12", "<file> record 7"
+    record_id: str | None = None    # WARC-Record-ID of the record the text came from
+    metadata: dict | None = None    # fields of the WARC metadata record about this capture
 
 
 @dataclass

@@ -19,6 +19,7 @@ Parquet id field, or file name + line / row / paragraph where there is none.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,18 +37,45 @@ from pipeline.stage import StageContext
 
 KINDS = ("warc", "jsonl", "parquet", "text")
 
-# documents: DOC_SCHEMA (pipeline.engine) + what WARC knows about the capture
+# documents: DOC_SCHEMA (pipeline.engine) + what WARC knows about the capture, including
+# its metadata record when there is one (Common Crawl's CLD2 language identification as
+# columns, to compare with forgeflow's own `lang`; every field as JSON in warc_metadata)
 INGEST_SCHEMA = pa.schema([
     ("id", pa.string()), ("text", pa.string()), ("source", pa.string()),
     ("url", pa.string()), ("warc_date", pa.string()), ("content_type", pa.string()),
+    ("warc_metadata", pa.string()), ("cld2_lang", pa.string()),
+    ("cld2_lang_covered", pa.float64()), ("cld2_reliable", pa.bool_()),
 ])
-REJECTED_SCHEMA = INGEST_SCHEMA.append(pa.field("reason", pa.string())) \
-                               .append(pa.field("detail", pa.string()))
+REJECTED_SCHEMA = pa.schema(list(INGEST_SCHEMA)[:6]).append(pa.field("reason", pa.string())) \
+                                                   .append(pa.field("detail", pa.string()))
 SAMPLES_PER_REASON = 5
 MAX_FILE_ROWS = 100     # rows of the per-file table
 # reasons that mean "this file could not be read to the end"
 FILE_REASONS = ("warc_truncated", "warc_unreadable", "file_truncated", "unreadable_file",
                 "internal_error")
+
+
+def metadata_columns(metadata: dict | None) -> dict:
+    """Columns from a capture's WARC metadata fields (all null when there are none).
+
+    ``languages-cld2`` is Common Crawl's JSON: ``{"reliable": bool, "languages":
+    [{"code": "en", "text-covered": 0.99, ...}, ...]}``; the first language is the top one."""
+    if not metadata:
+        return {}
+    cols = {"warc_metadata": json.dumps(metadata, sort_keys=True, ensure_ascii=False)}
+    try:
+        cld2 = json.loads(metadata.get("languages-cld2") or "null")
+    except ValueError:
+        cld2 = None
+    if isinstance(cld2, dict):
+        langs = [x for x in cld2.get("languages") or [] if isinstance(x, dict)]
+        if langs:
+            cols["cld2_lang"] = str(langs[0].get("code")) if langs[0].get("code") else None
+            covered = langs[0].get("text-covered")
+            cols["cld2_lang_covered"] = float(covered) if isinstance(covered, (int, float)) else None
+        if isinstance(cld2.get("reliable"), bool):
+            cols["cld2_reliable"] = cld2["reliable"]
+    return cols
 
 
 def doc_id(source: str, key: str) -> str:
@@ -132,7 +160,10 @@ def ingest_file(file_idx: int, path: str, label: str, kind: str, source: str,
             else:
                 docs.add({"id": doc_id(source, rec.key), "text": text, "source": source,
                           "url": rec.url, "warc_date": rec.warc_date,
-                          "content_type": rec.content_type})
+                          "content_type": rec.content_type,
+                          **metadata_columns(rec.metadata)})
+                if rec.metadata:
+                    stats["docs_with_metadata"] += 1
                 stats["docs_out"] += 1
                 stats["chars_out"] += len(text)
                 continue
@@ -286,12 +317,15 @@ def run_ingest(source: str, kind: Literal["warc", "jsonl", "parquet", "text"],
     for k, v in sorted(totals.items()):
         if k.startswith(("rejected_", "skipped_", "charset_")) or k in (
                 "blank_lines", "decode_replacements", "units_with_bad_utf8",
-                "surrogates_replaced", "payload_truncated", "warc_resyncs"):
+                "surrogates_replaced", "payload_truncated", "warc_resyncs",
+                "docs_with_metadata", "metadata_unmatched"):
             metrics[k] = v
     # kept / records that were meant to be documents (not skipped WARC records)
     metrics["keep_rate"] = round(metrics["docs_out"] / max(totals["candidates"], 1), 4)
 
     ctx.metrics(metrics)
+    ctx.removals(totals["candidates"], {k[len("rejected_"):]: v for k, v in totals.items()
+                                        if k.startswith("rejected_")})
     samples = [row | {"file": r["file"]} for r in results for rows in r["samples"].values()
                for row in rows]
     by_reason: dict[str, list[dict]] = {}

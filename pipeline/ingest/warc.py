@@ -11,8 +11,13 @@ What becomes a document:
 - ``resource`` records the same way (target must be http(s) unless
   ``web_resources_only`` is off: wget stores its log as a ``metadata://`` resource);
 - ``conversion`` records (Common Crawl WET: text already extracted) taken as-is.
-``request``, ``metadata``, ``warcinfo`` and ``revisit`` records are skipped and counted
-(``skipped_<type>``).
+``request``, ``warcinfo`` and ``revisit`` records are skipped and counted
+(``skipped_<type>``). A ``metadata`` record (``application/warc-fields``) about a capture
+(``WARC-Concurrent-To``/``WARC-Refers-To`` naming the response record; Common Crawl
+writes one after every response, with ``languages-cld2``, ``charset-detected``, ...)
+is attached to that capture's document (``Doc.metadata``) when it follows it, and
+counted as ``skipped_metadata`` like the others; one about no document read is counted
+``metadata_unmatched``.
 
 Truncation and corruption: warcio stops silently when a ``.warc.gz`` is cut inside a
 record, so the reader checks two things itself: after each record it drains the body
@@ -30,6 +35,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -50,8 +56,55 @@ def _looks_like_html(payload: bytes) -> bool:
     return head.startswith((b"<!doctype html", b"<html")) or b"<html" in head
 
 
+@dataclass
+class _Meta:
+    """A metadata record's fields and the record it describes (internal to this module)."""
+
+    refers_to: str | None
+    fields: dict
+
+
 def read_warc(path: Path, label: str, cfg: ExtractConfig, stats: Counter) -> Iterator[Record]:
     """Yield a ``Doc`` or ``Reject`` per content record of one WARC/WET file."""
+    yield from _join_metadata(_read_records(path, label, cfg, stats), stats)
+
+
+def _join_metadata(records: Iterator[Record | _Meta], stats: Counter) -> Iterator[Record]:
+    """Attach each metadata record to the document of the capture it describes.
+
+    A document is held back until the next record arrives (a metadata record follows
+    its response directly in Common Crawl and wget WARCs), so memory stays one record."""
+    pending: Doc | None = None
+    for rec in records:
+        if isinstance(rec, _Meta):
+            if pending is not None and rec.refers_to and rec.refers_to == pending.record_id:
+                pending.metadata = {**(pending.metadata or {}), **rec.fields}
+            elif rec.refers_to:
+                stats["metadata_unmatched"] += 1
+            continue
+        if pending is not None:
+            yield pending
+            pending = None
+        if isinstance(rec, Doc):
+            pending = rec
+        else:
+            yield rec
+    if pending is not None:
+        yield pending
+
+
+def parse_warc_fields(payload: bytes) -> dict[str, str]:
+    """``application/warc-fields``: ``name: value`` lines (WARC 1.1 section 6.8)."""
+    fields: dict[str, str] = {}
+    for line in payload.decode("utf-8", "replace").splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            fields[name.strip()] = value.strip()
+    return fields
+
+
+def _read_records(path: Path, label: str, cfg: ExtractConfig,
+                  stats: Counter) -> Iterator[Record | _Meta]:
     from warcio.archiveiterator import ArchiveIterator
 
     try:
@@ -157,6 +210,19 @@ def _gzip_member_is_warc(fh, offset: int) -> bool:
     return head.startswith(b"WARC/")
 
 
+def _metadata(rec) -> _Meta | None:
+    """The fields of a ``metadata`` record about a capture (others: None)."""
+    h = rec.rec_headers
+    refers = h.get_header("WARC-Concurrent-To") or h.get_header("WARC-Refers-To")
+    if not refers or _mime(h.get_header("Content-Type")) != "application/warc-fields":
+        return None
+    try:
+        payload = rec.content_stream().read(1 << 20)
+    except Exception:
+        return None
+    return _Meta(refers, parse_warc_fields(payload))
+
+
 def _drain(rec) -> int:
     """Read the rest of a record's raw body; return how many bytes never arrived."""
     raw = rec.raw_stream
@@ -171,14 +237,18 @@ def _key(rec, label: str, index: int) -> str:
     return rid if rid else f"{label}#{index}"
 
 
-def _record(rec, index: int, label: str, cfg: ExtractConfig, stats: Counter) -> Record | None:
+def _record(rec, index: int, label: str, cfg: ExtractConfig,
+            stats: Counter) -> Record | _Meta | None:
     rtype = rec.rec_type
     if rtype in _SKIPPED or rtype == "continuation":
         stats[f"skipped_{rtype}"] += 1
+        if rtype == "metadata":
+            return _metadata(rec)
         return None
     h = rec.rec_headers
     url = h.get_header("WARC-Target-URI")
     date = h.get_header("WARC-Date")
+    rid = h.get_header("WARC-Record-ID")
     key = _key(rec, label, index)
     where = f"{label} record {index} ({rtype} {url})"
     if rtype == "resource" and cfg.web_resources_only and \
@@ -225,7 +295,7 @@ def _record(rec, index: int, label: str, cfg: ExtractConfig, stats: Counter) -> 
     if rtype == "conversion":
         text, how = decode_html(payload, charset_from_content_type(content_type) or "utf-8")
         return Doc(key=key, text=text.strip(), url=url, warc_date=date,
-                   content_type=content_type, where=where)
+                   content_type=content_type, where=where, record_id=rid)
     is_html = mime in HTML_TYPES or (not mime and _looks_like_html(payload))
     if not (is_html or (mime and cfg.keeps(mime))):
         return Reject("not_html", f"{where}: content type {content_type!r} is not kept "
@@ -236,7 +306,7 @@ def _record(rec, index: int, label: str, cfg: ExtractConfig, stats: Counter) -> 
     stats[f"charset_{how}"] += 1
     if not is_html:
         return Doc(key=key, text=text.strip(), url=url, warc_date=date,
-                   content_type=content_type, where=where)
+                   content_type=content_type, where=where, record_id=rid)
     try:
         extracted = html_to_text(text, url, cfg)
     except Exception as e:        # an extractor bug on one page must not end the run
@@ -248,4 +318,4 @@ def _record(rec, index: int, label: str, cfg: ExtractConfig, stats: Counter) -> 
                       f"{len(payload)} bytes of HTML", key=key, url=url, text=text[:300],
                       warc_date=date, content_type=content_type)
     return Doc(key=key, text=extracted, url=url, warc_date=date, content_type=content_type,
-               where=where)
+               where=where, record_id=rid)

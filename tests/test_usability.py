@@ -1,0 +1,140 @@
+"""Issue 18: details a new user hits in the first hour (each test fails without its fix)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import shared_path
+from pipeline.ingest import ExtractConfig, run_ingest
+from pipeline.stage import StageContext
+
+
+def _ctx(tmp_path: Path, name: str = "out") -> StageContext:
+    return StageContext.for_testing(tmp_path / name, show_progress=False)
+
+
+# ---- 6. metadata the crawl already has --------------------------------------------------
+
+def _warc_with_metadata(path: Path) -> None:
+    """Three captures: one followed by a Common Crawl style metadata record, one with
+    none, and a metadata record about a capture that is not in the file."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    html = ("<html><head><title>t</title></head><body><article><p>{}</p></article>"
+            "</body></html>")
+    with open(path, "wb") as fh:
+        w = WARCWriter(fh, gzip=True)
+        for i, (url, cld2) in enumerate([
+                ("https://a.example/one", {"reliable": True, "text-bytes": 400, "languages": [
+                    {"code": "fr", "code-iso-639-3": "fra", "text-covered": 0.93, "score": 900.0,
+                     "name": "FRENCH"},
+                    {"code": "en", "code-iso-639-3": "eng", "text-covered": 0.07, "score": 50.0,
+                     "name": "ENGLISH"}]}),
+                ("https://a.example/two", None)]):
+            body = html.format(("Le texte numéro %d de la page, assez long pour rester. " % i) * 6)
+            http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")],
+                                    protocol="HTTP/1.1")
+            resp = w.create_warc_record(url, "response", payload=io.BytesIO(body.encode()),
+                                        http_headers=http)
+            w.write_record(resp)
+            if cld2 is not None:
+                fields = (f"fetchTimeMs: 12\r\ncharset-detected: UTF-8\r\n"
+                          f"languages-cld2: {json.dumps(cld2)}\r\n\r\n").encode()
+                meta = w.create_warc_record(
+                    url, "metadata", payload=io.BytesIO(fields),
+                    warc_content_type="application/warc-fields",
+                    warc_headers_dict={"WARC-Concurrent-To":
+                                       resp.rec_headers.get_header("WARC-Record-ID")})
+                w.write_record(meta)
+        orphan = w.create_warc_record("https://a.example/gone", "metadata",
+                                      payload=io.BytesIO(b"fetchTimeMs: 1\r\n\r\n"),
+                                      warc_content_type="application/warc-fields",
+                                      warc_headers_dict={"WARC-Concurrent-To": "<urn:uuid:nope>"})
+        w.write_record(orphan)
+
+
+def test_warc_metadata_records_become_columns(tmp_path):
+    path = tmp_path / "cc.warc.gz"
+    _warc_with_metadata(path)
+    ctx = _ctx(tmp_path)
+    m = run_ingest("web", "warc", [path], ExtractConfig(min_text_chars=20), ctx, use_ray=False)
+    docs = {d["url"]: d for d in pq.read_table(ctx.out_dir / "data").to_pylist()}
+    assert set(docs) == {"https://a.example/one", "https://a.example/two"}
+    one, two = docs["https://a.example/one"], docs["https://a.example/two"]
+    assert one["cld2_lang"] == "fr" and one["cld2_lang_covered"] == pytest.approx(0.93)
+    assert one["cld2_reliable"] is True
+    meta = json.loads(one["warc_metadata"])
+    assert meta["charset-detected"] == "UTF-8" and meta["fetchTimeMs"] == "12"
+    assert json.loads(meta["languages-cld2"])["languages"][1]["code"] == "en"
+    # no metadata record: the columns are null, never borrowed from a neighbour
+    assert two["cld2_lang"] is None and two["warc_metadata"] is None
+    assert m["docs_with_metadata"] == 1 and m["metadata_unmatched"] == 1
+    assert m["skipped_metadata"] == 2
+
+
+def test_common_crawl_capture_keeps_its_cld2_language(tmp_path):
+    ctx = _ctx(tmp_path)
+    run_ingest("web", "warc", [shared_path("warc", "whirlwind.warc.gz")],
+               ExtractConfig(), ctx, use_ray=False)
+    docs = pq.read_table(ctx.out_dir / "data").to_pylist()
+    assert docs, "the Common Crawl capture gives a document"
+    d = docs[0]
+    # Common Crawl's own CLD2 result for this an.wikipedia.org page (see the record)
+    assert d["cld2_lang"] == "es" and d["cld2_reliable"] is False
+    assert d["cld2_lang_covered"] == pytest.approx(0.69)
+    assert json.loads(d["warc_metadata"])["charset-detected"] == "UTF-8"
+
+
+# ---- 5. short documents do not vanish silently ------------------------------------------
+
+def test_removal_report_table_and_warning():
+    from pipeline.stage import removal_report
+    lines, warning = removal_report("ingest.tweets", {"docs_in": 10, "reasons": {
+        "too_short": 7, "empty_text": 1}})
+    assert lines[0] == "[ingest.tweets] removed 8 of 10 documents (80.0%), by reason:"
+    assert lines[1].split() == ["too_short", "7", "70.0%"]      # largest first
+    assert lines[2].split() == ["empty_text", "1", "10.0%"]
+    assert warning and "8 of 10" in warning and "`too_short` (7)" in warning
+    lines, warning = removal_report("dedup", {"docs_in": 10, "reasons": {"near_duplicate": 5}})
+    assert warning is None                                       # exactly half: no warning
+    assert removal_report("x", None) == ([], None)
+
+
+def _tweets_spec(tmp_path: Path) -> Path:
+    tweets = [{"id": str(i), "text": f"short message number {i} #tag"} for i in range(8)]
+    tweets += [{"id": "long", "text": "A longer message that passes the default minimum "
+                                      "of fifty characters of text easily."}]
+    data = tmp_path / "tweets.jsonl"
+    data.write_text("".join(json.dumps(t) + "\n" for t in tweets))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"run: {{name: tweets, workdir: {tmp_path / 'work'}}}\n"
+                    f"sources:\n  - {{name: tweets, type: jsonl, paths: [{data}]}}\n")
+    return spec
+
+
+def test_a_stage_that_removes_most_documents_prints_its_reasons_and_warns(tmp_path, caplog):
+    import logging
+
+    from pipeline.plan import build_plan
+    from pipeline.runner import RunEnv, execute
+    from pipeline.spec import load_spec
+
+    spec = load_spec(str(_tweets_spec(tmp_path)), [])
+    node = next(n for n in build_plan(spec) if n.key == "ingest.tweets")
+    env = RunEnv.start(spec, tmp_path / "work")
+    with caplog.at_level(logging.INFO, logger="forgeflow"):
+        outcome = execute(node, {}, env)
+    env.finish()
+    text = caplog.text
+    assert "[ingest.tweets] removed 8 of 9 documents (88.9%), by reason:" in text
+    assert any(r.levelno == logging.WARNING and "more than half" in r.getMessage()
+               and "`too_short` (8)" in r.getMessage() for r in caplog.records)
+    # kept in the manifest (cached reruns and other tools read it) and in Prefect's summary
+    assert outcome.artifact.manifest["removals"] == {"docs_in": 9, "reasons": {"too_short": 8}}
+    assert any("more than half" in line for line in outcome.summary)
