@@ -138,3 +138,108 @@ def test_a_stage_that_removes_most_documents_prints_its_reasons_and_warns(tmp_pa
     # kept in the manifest (cached reruns and other tools read it) and in Prefect's summary
     assert outcome.artifact.manifest["removals"] == {"docs_in": 9, "reasons": {"too_short": 8}}
     assert any("more than half" in line for line in outcome.summary)
+
+
+# ---- 4. labels in the shape the data has ------------------------------------------------
+
+def _three_class_csv(path: Path) -> None:
+    """hate (0) / offensive (1) / neither (2), the layout of a well-known tweet set."""
+    import csv
+    rows = [("you are a worthless idiot and everyone hates you", 0),
+            ("i hate you people, get out, vermin", 0),
+            ("shut up you stupid moron", 1),
+            ("what a dumb ugly loser you are", 1),
+            ("you idiot, stupid stupid stupid", 1),
+            ("thanks for the helpful edit to the article", 2),
+            ("the weather is lovely today in the park", 2),
+            ("i added a citation to the history section", 2),
+            ("great match last night, well played", 2),
+            ("see the talk page for the sources", 2)] * 3
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["tweet", "class"])
+        w.writerows(rows)
+
+
+def test_label_values_are_mapped_by_the_spec(tmp_path):
+    from pipeline.filters.classifier import read_labelled
+    path = tmp_path / "labeled.csv"
+    _three_class_csv(path)
+    texts, y = read_labelled(str(path), "tweet", "class", positive_labels=[0, 1])
+    assert len(texts) == 30 and int(y.sum()) == 15          # hate + offensive are positive
+    assert y[texts.index("see the talk page for the sources")] == 0
+    # positive_labels + negative_labels: values in neither list are left out
+    texts, y = read_labelled(str(path), "tweet", "class", positive_labels=["0"],
+                             negative_labels=[2])
+    assert len(texts) == 21 and int(y.sum()) == 6
+    assert "shut up you stupid moron" not in texts
+
+
+def test_unmapped_label_values_are_an_error_that_lists_them(tmp_path):
+    from pipeline.filters.classifier import read_labelled
+    path = tmp_path / "labeled.csv"
+    _three_class_csv(path)
+    with pytest.raises(ValueError) as e:
+        read_labelled(str(path), "tweet", "class", where="toxicity_classifier")
+    msg = str(e.value)
+    assert str(path) in msg and "'class'" in msg
+    assert "'0' x6" in msg and "'1' x9" in msg and "'2' x15" in msg
+    assert "toxicity_classifier.positive_labels" in msg
+    with pytest.raises(ValueError, match=r"positive_labels \['3'\] match no record"):
+        read_labelled(str(path), "tweet", "class", positive_labels=[3])
+    # the Jigsaw default still reads 0/1, booleans and rater fractions
+    jl = tmp_path / "j.jsonl"
+    jl.write_text('{"t": "a", "y": true}\n{"t": "b", "y": 0.8}\n{"t": "c", "y": "0"}\n')
+    assert read_labelled(str(jl), "t", "y")[1].tolist() == [1, 1, 0]
+
+
+def test_toxicity_classifier_trains_on_a_three_class_file(tmp_path):
+    from pipeline.filters.classifier import ToxicityClassifierConfig, ToxicityClassifierFilter
+    path = tmp_path / "labeled.csv"
+    _three_class_csv(path)
+    cfg = ToxicityClassifierConfig(train_path=str(path), text_field="tweet", label_field="class",
+                                   positive_labels=[0, 1], holdout_fraction=0.3)
+    ctx = _ctx(tmp_path, "tox")
+    metrics = ToxicityClassifierFilter.train_model(cfg, {}, ctx)
+    assert metrics["n_train"] > 0 and 0 < metrics["n_train_pos"] < metrics["n_train"]
+    f = ToxicityClassifierFilter(cfg, ctx.out_dir)
+    from pipeline.filters.text import TextBatch
+    scores = f.score(TextBatch(["you stupid worthless idiot moron",
+                                "thanks for the citation in the history section"]))
+    hi, lo = scores["toxicity_score"]
+    assert hi > lo
+    # without the mapping the same file is refused before training, naming the values
+    with pytest.raises(ValueError, match="values found"):
+        ToxicityClassifierFilter.train_model(
+            ToxicityClassifierConfig(train_path=str(path), text_field="tweet",
+                                     label_field="class"), {}, _ctx(tmp_path, "tox2"))
+
+
+def test_quality_reference_file_with_labels(tmp_path):
+    from pipeline.filters.classifier import QualityClassifierConfig, QualityClassifierFilter
+    ref = tmp_path / "ref.jsonl"
+    good = "The committee reviewed the evidence and published a detailed report on the findings."
+    bad = "click here buy now cheap cheap deals deals free free win win"
+    ref.write_text("".join(json.dumps({"text": f"{good} ({i})", "grade": "high"}) + "\n"
+                           for i in range(12)) +
+                   "".join(json.dumps({"text": f"{bad} {i}", "grade": "low"}) + "\n"
+                           for i in range(12)) +
+                   "".join(json.dumps({"text": f"unrated {i}", "grade": "unknown"}) + "\n"
+                           for i in range(3)))
+    cfg = QualityClassifierConfig(reference_paths=[str(ref)], reference_label_field="grade",
+                                  positive_labels=["high"], negative_labels=["low"],
+                                  keep_top_fraction=None, min_score=0.5)
+    corpus = tmp_path / "corpus" / "data"
+    corpus.mkdir(parents=True)
+    import pyarrow as pa
+    pq.write_table(pa.table({"text": [f"{bad} corpus {i}" for i in range(6)]}),
+                   corpus / "part-0.parquet")
+    ctx = _ctx(tmp_path, "q")
+    metrics = QualityClassifierFilter.train_model(cfg, {"web": corpus.parent}, ctx)
+    # 12 labelled positives; negatives = 12 labelled low + 6 corpus docs; 'unknown' left
+    # out; a stratified 10% holdout takes 1 positive and 2 negatives
+    assert metrics["n_train_pos"] == 11 and metrics["n_train"] == 11 + 16
+    f = QualityClassifierFilter(cfg, ctx.out_dir)
+    from pipeline.filters.text import TextBatch
+    hi, lo = f.score(TextBatch([good, bad]))["quality_score"]
+    assert hi > lo

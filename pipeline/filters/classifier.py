@@ -12,9 +12,12 @@ positive class, balanced accuracy, and the majority-class baseline).
   ``keep_top_fraction`` sets a threshold at that quantile of the scores of a corpus sample
   (computed at training time, stored in ``eval.json``), or ``min_score`` keeps by
   probability. Column ``quality_score`` = P(reference-like).
-* **toxicity**: trained from a labelled CSV/JSONL file (Jigsaw format: ``comment_text`` and
-  a 0/1 ``toxic`` column). Positives are oversampled to balance the classes during
+* **toxicity**: trained from a labelled CSV/JSONL/Parquet file (Jigsaw format by default:
+  ``comment_text`` and a 0/1 ``toxic`` column; other label shapes are mapped with
+  ``positive_labels`` / ``negative_labels``, e.g. classes 0/1/2 = hate/offensive/neither ->
+  ``positive_labels: [0, 1]``). Positives are oversampled to balance the classes during
   training. Column ``toxicity_score`` = P(toxic); removed above ``max_score``.
+  Labelled quality reference files use the same mapping (``reference_label_field``).
 """
 
 from __future__ import annotations
@@ -37,21 +40,42 @@ from pipeline.filters.text import TextBatch
 
 
 # ---------------------------------------------------------------------------- reading
+LabelValue = str | int | float | bool
+
+
+def _rows(p: Path):
+    """``(where, record)`` of a CSV, JSONL or Parquet file; a bad JSON line is reported
+    and skipped (``record`` None)."""
+    if p.suffix == ".parquet":
+        n = 0
+        for batch in pq.ParquetFile(p).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                n += 1
+                yield f"{p} row {n}", row
+    elif p.suffix in (".jsonl", ".json"):
+        for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines()):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                print(f"skipping {p}:{i + 1}: bad JSON record ({e})", file=sys.stderr)
+                row = None
+            yield f"{p}:{i + 1}", row if isinstance(row, dict) else None
+    else:
+        csv.field_size_limit(1 << 30)
+        with open(p, newline="", encoding="utf-8", errors="replace") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                yield f"{p} row {i + 1}", row
+
+
 def read_text_files(paths: list[str], text_field: str = "text") -> list[str]:
-    """Documents from .txt (blank-line separated), .jsonl and .parquet files."""
+    """Documents from .txt (blank-line separated), .jsonl, .csv and .parquet files."""
     docs: list[str] = []
     for p in map(Path, paths):
-        if p.suffix == ".parquet":
-            docs += [t for t in pq.read_table(p, columns=[text_field]).column(0).to_pylist() if t]
-        elif p.suffix in (".jsonl", ".json"):
-            for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines()):
-                if not line.strip():
-                    continue
-                try:
-                    t = json.loads(line).get(text_field)
-                except (json.JSONDecodeError, AttributeError) as e:
-                    print(f"skipping {p}:{i + 1}: bad JSON record ({e})", file=sys.stderr)
-                    continue
+        if p.suffix in (".parquet", ".jsonl", ".json", ".csv"):
+            for _, row in _rows(p):
+                t = row.get(text_field) if row else None
                 if isinstance(t, str) and t.strip():
                     docs.append(t)
         else:
@@ -60,36 +84,101 @@ def read_text_files(paths: list[str], text_field: str = "text") -> list[str]:
     return docs
 
 
-def read_labelled(path: str, text_field: str, label_field: str) -> tuple[list[str], np.ndarray]:
-    """(texts, 0/1 labels) from a CSV or JSONL file; bad records are skipped and reported."""
+def norm_label(value) -> str | None:
+    """A label value as text, the same whether it came from CSV ("1", "1.0"), JSON (1,
+    true) or the spec (1, "yes"): lower case, integral numbers without a fraction."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        f = float(value)
+        return str(int(f)) if f.is_integer() else repr(f)
+    v = str(value).strip().lower()
+    try:
+        f = float(v)
+    except ValueError:
+        return v or None
+    return str(int(f)) if f.is_integer() else repr(f)
+
+
+_DEFAULT_POS, _DEFAULT_NEG = {"1", "true", "yes", "toxic"}, {"0", "false", "no", "clean"}
+
+
+def label_to_int(value: str, positive: set[str] | None, negative: set[str] | None) -> int | None:
+    """1 / 0 for a normalised label value, None when the mapping has no place for it.
+
+    Without ``positive``: 0/1, true/false, or a probability in [0, 1] (>= 0.5 is positive,
+    as in Jigsaw's rater fractions); anything else has no place."""
+    if positive is not None:
+        if value in positive:
+            return 1
+        if negative is None or value in negative:
+            return 0
+        return None
+    if value in _DEFAULT_POS:
+        return 1
+    if value in _DEFAULT_NEG:
+        return 0
+    try:
+        f = float(value)
+    except ValueError:
+        return None
+    return (1 if f >= 0.5 else 0) if 0.0 <= f <= 1.0 else None
+
+
+def _values_found(counts: dict[str, int], limit: int = 20) -> str:
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    more = f", ... ({len(counts)} distinct)" if len(counts) > limit else ""
+    return ", ".join(f"{v!r} x{n}" for v, n in top) + more
+
+
+def read_labelled(path: str, text_field: str, label_field: str,
+                  positive_labels: list[LabelValue] | None = None,
+                  negative_labels: list[LabelValue] | None = None,
+                  where: str = "labels") -> tuple[list[str], np.ndarray]:
+    """(texts, 0/1 labels) from a CSV, JSONL or Parquet file.
+
+    ``positive_labels`` names the label values of the positive class (the rest are
+    negatives, or only ``negative_labels`` when given). Without it the file must hold
+    0/1, true/false or probabilities. A value the mapping has no place for is an error
+    that lists the values found and says which spec field maps them."""
     p = Path(path)
-    rows: list[dict] = []
-    if p.suffix in (".jsonl", ".json"):
-        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    rows.append({})
-    else:
-        csv.field_size_limit(1 << 30)
-        with open(p, newline="", encoding="utf-8", errors="replace") as f:
-            rows = list(csv.DictReader(f))
-    texts, labels, bad = [], [], 0
-    for r in rows:
-        t, y = r.get(text_field), r.get(label_field)
-        try:
-            y = float(y) if not isinstance(y, str) or y.strip().replace(".", "", 1).isdigit() \
-                else {"true": 1.0, "toxic": 1.0, "false": 0.0}[y.strip().lower()]
-        except (KeyError, TypeError, ValueError):
-            y = None
-        if not isinstance(t, str) or y is None:
+    pos = {norm_label(v) for v in positive_labels} if positive_labels is not None else None
+    neg = {norm_label(v) for v in negative_labels} if negative_labels is not None else None
+    texts, labels, counts = [], [], {}
+    bad, unmapped = 0, {}
+    for loc, r in _rows(p):
+        t = r.get(text_field) if r else None
+        v = norm_label(r.get(label_field)) if r else None
+        if not isinstance(t, str) or v is None:
             bad += 1
             continue
-        texts.append(t); labels.append(1 if y >= 0.5 else 0)
+        counts[v] = counts.get(v, 0) + 1
+        y = label_to_int(v, pos, neg)
+        if y is None:
+            unmapped.setdefault(v, loc)
+            continue
+        texts.append(t)
+        labels.append(y)
+    if unmapped and pos is None:
+        raise ValueError(
+            f"{p}: label field '{label_field}' holds values that are not 0/1, true/false or a "
+            f"probability (first at {next(iter(unmapped.values()))}); values found: "
+            f"{_values_found(counts)}. Say which values are positive with "
+            f"{where}.positive_labels (e.g. positive_labels: [0, 1]) and, if some values "
+            f"should be left out, negative_labels")
+    if pos is not None:
+        missing = sorted(v for v in pos if v not in counts)
+        if missing:
+            raise ValueError(f"{p}: {where}.positive_labels {missing} match no record of label "
+                             f"field '{label_field}'; values found: {_values_found(counts)}")
     if bad:
         print(f"{p}: skipped {bad} records without a text '{text_field}' or label '{label_field}'",
               file=sys.stderr)
+    if unmapped:
+        print(f"{p}: left out {sum(counts[v] for v in unmapped)} records whose label is in "
+              f"neither positive_labels nor negative_labels: {sorted(unmapped)}", file=sys.stderr)
     return texts, np.array(labels, dtype=np.int64)
 
 
@@ -149,6 +238,11 @@ class QualityClassifierConfig(FilterConfig):
     reference_sources: list[str] = []             # corpus sources that are the positives
     reference_paths: list[str] = []               # files of positive documents
     reference_text_field: str = "text"
+    # labelled reference files: only rows whose `reference_label_field` value is in
+    # `positive_labels` are positives; rows in `negative_labels` join the negatives
+    reference_label_field: str | None = None
+    positive_labels: list[LabelValue] | None = None
+    negative_labels: list[LabelValue] | None = None
     max_docs_per_class: int = 20_000
     holdout_fraction: float = Field(0.1, gt=0, lt=1)
     train: ft.FastTextParams = ft.FastTextParams()     # DCLM: bigram fastText
@@ -216,11 +310,22 @@ class QualityClassifierFilter(_FastTextClassifierFilter):
             raise ValueError(f"quality_classifier.reference_sources: unknown source(s) {missing}; "
                              f"have {sorted(docs_dirs)}")
         pos = sample_docs(docs_dirs, cfg.reference_sources, cfg.max_docs_per_class, rng)
-        pos += read_text_files(cfg.reference_paths, cfg.reference_text_field)
-        # negatives: the corpus this step filters (its `sources`, if scoped), minus the reference
+        ref_neg: list[str] = []
+        if cfg.reference_label_field:
+            for path in cfg.reference_paths:
+                texts, y = read_labelled(path, cfg.reference_text_field, cfg.reference_label_field,
+                                         cfg.positive_labels, cfg.negative_labels,
+                                         where="quality_classifier")
+                pos += [t for t, v in zip(texts, y) if v]
+                ref_neg += [t for t, v in zip(texts, y) if not v]
+        else:
+            pos += read_text_files(cfg.reference_paths, cfg.reference_text_field)
+        # negatives: the corpus this step filters (its `sources`, if scoped), minus the
+        # reference, plus reference rows labelled negative
         neg_sources = [s for s in docs_dirs if s not in set(cfg.reference_sources)
                        and (cfg.sources is None or s in cfg.sources)]
         neg = sample_docs(docs_dirs, neg_sources, cfg.max_docs_per_class, rng)
+        neg = (ref_neg + neg)[:max(cfg.max_docs_per_class, len(ref_neg))]
         if len(pos) < 2 or len(neg) < 2:
             raise ValueError(f"quality_classifier needs reference and corpus documents: "
                              f"{len(pos)} positives, {len(neg)} negatives (sources {neg_sources})")
@@ -247,6 +352,10 @@ class ToxicityClassifierConfig(FilterConfig):
     train_path: str | None = None                  # labelled CSV/JSONL (Jigsaw format)
     text_field: str = "comment_text"
     label_field: str = "toxic"
+    # which label values mean toxic (the rest are clean, or only `negative_labels`):
+    # e.g. a hate/offensive/neither CSV with classes 0/1/2 -> positive_labels: [0, 1]
+    positive_labels: list[LabelValue] | None = None
+    negative_labels: list[LabelValue] | None = None
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     train: ft.FastTextParams = ft.FastTextParams(epoch=25, lr=0.5, dim=32, word_ngrams=2)
     max_score: float = 0.5
@@ -267,7 +376,9 @@ class ToxicityClassifierFilter(_FastTextClassifierFilter):
     def train_model(cfg: ToxicityClassifierConfig, docs_dirs, ctx) -> dict:
         if not cfg.train_path:
             raise ValueError("toxicity_classifier needs train_path (labelled CSV/JSONL) or model_path")
-        texts, y = read_labelled(cfg.train_path, cfg.text_field, cfg.label_field)
+        texts, y = read_labelled(cfg.train_path, cfg.text_field, cfg.label_field,
+                                 cfg.positive_labels, cfg.negative_labels,
+                                 where="toxicity_classifier")
         if y.sum() < 2 or (1 - y).sum() < 2:
             raise ValueError(f"{cfg.train_path}: need at least 2 examples of each class, "
                              f"have {int(y.sum())} toxic / {int((1 - y).sum())} clean")
