@@ -86,16 +86,45 @@ def stage_task(run_key: str, node_key: str, upstream: dict[str, Artifact]) -> Ar
     return outcome.artifact
 
 
-@flow(name="end_to_end", log_prints=True)
+PREFECT_UI_FALLBACK = "http://127.0.0.1:4200"     # where `forgeflow ui` serves it
+
+
+def _flow_run_name() -> str:
+    """Flow runs are named like their MLflow parent run: spec name + start time."""
+    from prefect.runtime import flow_run
+    from pipeline.tracking import run_name
+    params = flow_run.parameters
+    try:
+        name = load_spec(params["config"], params.get("overrides") or []).run.name
+    except Exception:          # a bad spec fails inside the flow, with its own message
+        name = Path(str(params.get("config", "run"))).stem
+    return run_name(name)
+
+
+def prefect_flow_run_url(flow_run_id: str) -> str:
+    from prefect.settings import PREFECT_UI_URL
+    base = PREFECT_UI_URL.value() or PREFECT_UI_FALLBACK
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+@flow(name="end_to_end", log_prints=True, flow_run_name=_flow_run_name)
 def end_to_end(config: str, overrides: list[str] | None = None,
                workdir: str | None = None) -> dict[str, dict]:
     """Run the whole pipeline described by the YAML spec at ``config``."""
     logger = get_run_logger()
     spec = load_spec(config, overrides or [])
     plan = build_plan(spec)
-    env = RunEnv.start(spec, workdir, tags={"forgeflow.config": str(Path(config).resolve())})
     from prefect.runtime import flow_run
     run_key = str(flow_run.get_id())
+    env = RunEnv.start(spec, workdir, name=flow_run.get_name(),
+                       tags={"forgeflow.config": str(Path(config).resolve()),
+                             "forgeflow.prefect_flow_run_id": run_key,
+                             "forgeflow.prefect_flow_run_url": prefect_flow_run_url(run_key)})
+    create_markdown_artifact(
+        f"### {flow_run.get_name()}\n- MLflow parent run: [{env.parent_run_id[:8]}]"
+        f"({env.run_url(env.parent_run_id)})\n- MLflow experiment (runs table): "
+        f"{env.tracker.experiment_url(env.ui_url)}\n- workdir: `{env.workdir}`",
+        key=_slug(f"{spec.run.name}-mlflow"), description="the MLflow runs of this flow run")
     with _LOCK:
         _RUNS[run_key] = ({n.key: n for n in plan}, env)
     logger.info("plan: %s", " -> ".join(n.key for n in plan))
@@ -135,6 +164,11 @@ def _finish(env: RunEnv, status: str, logger) -> None:
     ev = env.outcomes.get("evaluate")
     if ev is not None:
         env.parent_run.log_metrics(ev.artifact.metrics)
+    try:     # the runs table opens on the evaluation metrics and mixture weights
+        env.tracker.set_default_view(list(ev.artifact.metrics) if ev is not None else [],
+                                     [f"mix.{k}" for k in env.spec.train.mixture])
+    except Exception as e:   # a view is a convenience: never fail a run for it
+        logger.warning("could not save the MLflow runs-table view: %s", e)
     cached = sum(o.cached for o in env.outcomes.values())
     ran = len(env.outcomes) - cached
     env.finish(status)

@@ -17,7 +17,7 @@ from pipeline.plan import Node
 from pipeline.spec import PipelineSpec, flatten
 from pipeline.stage import StageContext, removal_report
 from pipeline.store import Artifact, ArtifactStore, code_version, compute_identity
-from pipeline.tracking import StageRun, Tracker, redact, resolve_tracking_uri
+from pipeline.tracking import StageRun, Tracker, redact, resolve_tracking_uri, run_name
 
 log = logging.getLogger("forgeflow")
 
@@ -36,7 +36,9 @@ class RunEnv:
 
     @classmethod
     def start(cls, spec: PipelineSpec, workdir: Path | str | None = None,
-              tags: dict[str, str] | None = None) -> "RunEnv":
+              tags: dict[str, str] | None = None, name: str | None = None) -> "RunEnv":
+        """``name``: the parent run's name (default: spec name + start time, the name
+        the Prefect flow run gets too)."""
         workdir = Path(workdir or spec.run.workdir).resolve()
         store = ArtifactStore(workdir)
         uri = resolve_tracking_uri(spec.run.tracking_uri, workdir)
@@ -46,7 +48,7 @@ class RunEnv:
                   if not k.startswith("run.tracking_uri")}
         for name, weight in spec.train.mixture.items():
             params[f"mix.{name}"] = weight
-        parent = tracker.start_parent(spec.run.name, params,
+        parent = tracker.start_parent(name or run_name(spec.run.name), params,
                                       {"forgeflow.code_version": code_version(),
                                        "forgeflow.workdir": str(workdir), **(tags or {})})
         configure_ray(spec.run.num_cpus, spec.run.ray_address)

@@ -35,6 +35,24 @@ def redact(uri: str) -> str:
     return re.sub(r"//([^/@:]+):([^/@]+)@", r"//\1:***@", uri or "")
 
 
+def run_name(name: str, trial: str | None = None, at: float | None = None) -> str:
+    """The name of a pipeline run in MLflow and Prefect: spec name, local start time and
+    the sweep trial when there is one (``quickstart-20261202-041502``,
+    ``mix_sweep-20261202-041502-trial-3``)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(at if at is not None else time.time()))
+    return f"{name}-{stamp}" + (f"-{trial}" if trial else "")
+
+
+# MLflow 3 opens an experiment on its GenAI overview (traces, judges, prompts) unless the
+# experiment says it is for model training; this tag is what its UI reads.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# A saved view of the runs table (columns, sort) that the MLflow UI opens with
+# ``#/experiments/<id>?viewStateShareKey=<key>``: the UI reads it from this experiment tag.
+VIEW_KEY = "forgeflow"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+MAX_VIEW_COLUMNS = 40
+
+
 def resolve_tracking_uri(spec_uri: str | None, workdir: Path) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or spec_uri
     if not uri:
@@ -52,11 +70,38 @@ class Tracker:
         if exp is None:
             location = artifact_root.resolve().as_uri() if artifact_root else None
             try:
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=location,
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except Exception:      # created concurrently
-                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+                exp = self.client.get_experiment_by_name(experiment)
+                self.experiment_id = exp.experiment_id
         else:
             self.experiment_id = exp.experiment_id
+        if exp is not None and not exp.tags.get(EXPERIMENT_KIND_TAG):
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+    def set_default_view(self, metrics: list[str], params: list[str]) -> None:
+        """Make the runs table open on the columns people compare: the given metrics and
+        params (added to those of earlier runs in this experiment), newest runs first."""
+        exp = self.client.get_experiment(self.experiment_id)
+        try:
+            old = json.loads(exp.tags.get(VIEW_TAG) or "{}").get("selectedColumns", [])
+        except ValueError:
+            old = []
+        cols = list(dict.fromkeys(
+            [c for c in old if isinstance(c, str)]
+            + [f"metrics.`{clean_key(m)}`" for m in sorted(metrics)]
+            + [f"params.`{clean_key(p)}`" for p in sorted(params)]))
+        attrs = [c for c in cols if c.startswith("attributes.")] or ["attributes.`Dataset`"]
+        rest = [c for c in cols if not c.startswith("attributes.")][:MAX_VIEW_COLUMNS]
+        view = {"selectedColumns": attrs + rest, "orderByKey": "attributes.start_time",
+                "orderByAsc": False, "searchFilter": ""}
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG, json.dumps(view))
+
+    def experiment_url(self, ui_url: str) -> str:
+        """The experiment's runs table in the MLflow UI, opened on forgeflow's view."""
+        return f"{ui_url.rstrip('/')}/#/experiments/{self.experiment_id}?viewStateShareKey={VIEW_KEY}"
 
     # ---- runs --------------------------------------------------------------------------
     def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:

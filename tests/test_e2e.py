@@ -91,6 +91,21 @@ def test_1_cold_run(workdir):
     assert {by_id[i] for i in fr["upstream"]["tokenize"]} == {"dedup", "tokenizer"}
     assert any(k.endswith("-evaluate") for k in fr["artifacts"])
 
+    # named from the spec and the moment, the same in both UIs, each pointing at the other
+    import re
+    assert re.fullmatch(r"quickstart-\d{8}-\d{6}", parent.info.run_name), parent.info.run_name
+    assert fr["name"] == parent.info.run_name
+    assert parent.data.tags["forgeflow.prefect_flow_run_id"] == fr["id"]
+    assert parent.data.tags["forgeflow.prefect_flow_run_url"].endswith(f"/runs/flow-run/{fr['id']}")
+    assert "quickstart-mlflow" in fr["artifacts"]
+    # a model-training experiment (not MLflow 3's GenAI overview) whose runs table opens
+    # on the evaluation metrics and the mixture weights
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(exp.tags["mlflow.sharedViewState.forgeflow"])
+    assert "metrics.`bpb.pretrain.code`" in view["selectedColumns"]
+    assert "params.`mix.docs`" in view["selectedColumns"]
+
 
 def test_2_second_run_is_all_cache_hits(workdir):
     expected = plan(CONFIG, workdir=workdir)

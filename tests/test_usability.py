@@ -243,3 +243,38 @@ def test_quality_reference_file_with_labels(tmp_path):
     from pipeline.filters.text import TextBatch
     hi, lo = f.score(TextBatch([good, bad]))["quality_score"]
     assert hi > lo
+
+
+# ---- 1-2. MLflow opens on the runs; runs are named ----------------------------------------
+
+def test_run_names_carry_spec_moment_and_trial():
+    import re
+    from pipeline.tracking import run_name
+    assert re.fullmatch(r"quickstart-\d{8}-\d{6}", run_name("quickstart"))
+    at = 1_800_000_000.0
+    assert run_name("mix", "trial-3", at=at).endswith("-trial-3")
+    assert run_name("mix", at=at) != run_name("mix", at=at + 1)
+
+
+def test_experiments_are_model_training_with_a_useful_default_view(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from pipeline.tracking import Tracker
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    # an experiment made before this fix (no kind) gets the kind on the next run
+    old = client.create_experiment("old", artifact_location=(tmp_path / "a").as_uri())
+    t_old = Tracker(uri, "old")
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    t = Tracker(uri, "fresh", artifact_root=tmp_path / "art")
+    exp = client.get_experiment(t.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    t.set_default_view(["bpb.pretrain.code", "acc.arc_easy"], ["mix.code", "mix.docs"])
+    t.set_default_view(["bpb.pretrain.docs"], ["mix.code"])      # a later run adds its keys
+    view = json.loads(client.get_experiment(t.experiment_id).tags["mlflow.sharedViewState.forgeflow"])
+    assert view["selectedColumns"] == ["attributes.`Dataset`", "metrics.`acc.arc_easy`",
+                                       "metrics.`bpb.pretrain.code`", "params.`mix.code`",
+                                       "params.`mix.docs`", "metrics.`bpb.pretrain.docs`"]
+    assert view["orderByKey"] == "attributes.start_time" and view["orderByAsc"] is False
+    assert t.experiment_url("http://127.0.0.1:5000") == (
+        f"http://127.0.0.1:5000/#/experiments/{t.experiment_id}?viewStateShareKey=forgeflow")
+    assert t_old.experiment_id == old
