@@ -142,28 +142,54 @@ def cmd_ui(args) -> int:
     bin_dir = Path(sys.executable).parent
     prefect = [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
                "--port", str(args.prefect_port)]
+    # one worker is plenty for a local UI (each is a full Python process, and four start
+    # slowly on a small machine); MLflow's job execution (GenAI scorers, trace roll-ups:
+    # seven more processes) stays off unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION says so
     mlflow = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", uri,
-              "--host", "127.0.0.1", "--port", str(args.mlflow_port)]
-    for cmd in (prefect, mlflow):
-        procs.append(subprocess.Popen(cmd, env=os.environ.copy()))
-    print(f"Prefect UI: http://127.0.0.1:{args.prefect_port}   (PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')})")
-    print(f"MLflow UI:  http://127.0.0.1:{args.mlflow_port}   (store {redact(uri)})")
-    print("Ctrl-C stops both.")
+              "--host", "127.0.0.1", "--port", str(args.mlflow_port), "--workers", "1"]
+    mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    from flows.procs import spawn, stop_all
+
+    def _terminate(signum, _frame):      # SIGTERM (kill, systemd, a container stop)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    exp = _mlflow_experiment_link(uri, f"http://127.0.0.1:{args.mlflow_port}")
     try:
+        procs.append(spawn(prefect, env=os.environ.copy()))
+        procs.append(spawn(mlflow, env=mlflow_env))
+        print(f"Prefect UI: http://127.0.0.1:{args.prefect_port}   (PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')})")
+        print(f"MLflow UI:  http://127.0.0.1:{args.mlflow_port}   (store {redact(uri)})")
+        if exp:
+            print(f"            runs table: {exp}")
+        print("Ctrl-C stops both.", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)     # a second Ctrl-C must not skip cleanup
+        stop_all(procs)
     return 0
+
+
+def _mlflow_experiment_link(uri: str, ui_url: str) -> str | None:
+    """The runs table of the workdir's newest forgeflow experiment, opened on its view
+    (looked up before the servers start: never creates a store that does not exist)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from pipeline.tracking import VIEW_KEY, VIEW_TAG
+        exps = [e for e in MlflowClient(uri).search_experiments() if VIEW_TAG in e.tags]
+    except Exception:
+        return None
+    if not exps:
+        return None
+    exp = max(exps, key=lambda e: e.last_update_time or 0)
+    return f"{ui_url}/#/experiments/{exp.experiment_id}?viewStateShareKey={VIEW_KEY}"
 
 
 def main(argv: list[str] | None = None) -> int:

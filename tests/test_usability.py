@@ -278,3 +278,82 @@ def test_experiments_are_model_training_with_a_useful_default_view(tmp_path):
     assert t.experiment_url("http://127.0.0.1:5000") == (
         f"http://127.0.0.1:5000/#/experiments/{t.experiment_id}?viewStateShareKey=forgeflow")
     assert t_old.experiment_id == old
+
+
+# ---- 3. `forgeflow ui` leaves nothing behind ---------------------------------------------
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()[:200]
+    except OSError:
+        return b""
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how,jobs", [("SIGINT", "false"), ("SIGTERM", "true")])
+def test_ui_stops_every_process_it_started(tmp_path, how, jobs):
+    """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM to `forgeflow ui`: the
+    Prefect server, the MLflow server and everything they started (uvicorn workers, and
+    with MLflow's job execution on, its job runner and huey consumers) are gone after."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from flows.procs import alive, descendants
+    from tests.e2e_util import REPO, cli_env
+
+    pp, mp = _free_port(), _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--workdir", str(tmp_path),
+                             "--prefect-port", str(pp), "--mlflow-port", str(mp)],
+                            cwd=REPO, env={**cli_env(tmp_path),
+                                           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": jobs},
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        up = {"prefect": False, "mlflow": False}
+        deadline = time.time() + 240
+        while time.time() < deadline and not all(up.values()):
+            for name, url in (("prefect", f"http://127.0.0.1:{pp}/api/health"),
+                              ("mlflow", f"http://127.0.0.1:{mp}/health")):
+                try:
+                    up[name] = up[name] or httpx.get(url, timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    pass
+            time.sleep(1)
+        assert all(up.values()), up
+        before = descendants(proc.pid)
+        if jobs == "true":                # MLflow's job runner starts its consumers late
+            deadline = time.time() + 120
+            while time.time() < deadline and not any(
+                    b"huey_consumer" in _cmdline(p) for p in before):
+                time.sleep(2)
+                before = descendants(proc.pid)
+            assert any(b"huey_consumer" in _cmdline(p) for p in before)
+        assert len(before) >= 3, before   # two servers and at least one helper of theirs
+        if how == "SIGINT":               # what a terminal does on Ctrl-C
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=90)
+        time.sleep(1)
+        left = sorted(p for p in before if alive(p))
+        assert left == [], [_cmdline(p) for p in left]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for p in descendants(proc.pid):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
