@@ -182,14 +182,14 @@ def _mlflow_experiment_link(uri: str, ui_url: str) -> str | None:
     try:
         from mlflow.tracking import MlflowClient
 
-        from pipeline.tracking import VIEW_KEY, VIEW_TAG
+        from pipeline.tracking import VIEW_TAG, experiment_url
         exps = [e for e in MlflowClient(uri).search_experiments() if VIEW_TAG in e.tags]
     except Exception:
         return None
     if not exps:
         return None
     exp = max(exps, key=lambda e: e.last_update_time or 0)
-    return f"{ui_url}/#/experiments/{exp.experiment_id}?viewStateShareKey={VIEW_KEY}"
+    return experiment_url(ui_url, exp.experiment_id)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,10 +47,19 @@ def run_name(name: str, trial: str | None = None, at: float | None = None) -> st
 # experiment says it is for model training; this tag is what its UI reads.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # A saved view of the runs table (columns, sort) that the MLflow UI opens with
-# ``#/experiments/<id>?viewStateShareKey=<key>``: the UI reads it from this experiment tag.
+# ``#/experiments/<id>/runs?viewStateShareKey=<key>``: the UI reads it from this tag.
 VIEW_KEY = "forgeflow"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 MAX_VIEW_COLUMNS = 40
+
+
+def experiment_url(ui_url: str, experiment_id: str) -> str:
+    """The runs table of an experiment in the MLflow UI, in its model-training mode (MLflow
+    3.17's UI picks GenAI or model training from ``workflowType``, and remembers the last
+    choice), opened on forgeflow's saved view. Checked in a real browser: the runs tab with
+    both parameters shows the view's metric and param columns."""
+    return (f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
 
 
 def resolve_tracking_uri(spec_uri: str | None, workdir: Path) -> str:
@@ -101,7 +110,7 @@ class Tracker:
 
     def experiment_url(self, ui_url: str) -> str:
         """The experiment's runs table in the MLflow UI, opened on forgeflow's view."""
-        return f"{ui_url.rstrip('/')}/#/experiments/{self.experiment_id}?viewStateShareKey={VIEW_KEY}"
+        return experiment_url(ui_url, self.experiment_id)
 
     # ---- runs --------------------------------------------------------------------------
     def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:

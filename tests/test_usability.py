@@ -276,7 +276,8 @@ def test_experiments_are_model_training_with_a_useful_default_view(tmp_path):
                                        "params.`mix.docs`", "metrics.`bpb.pretrain.docs`"]
     assert view["orderByKey"] == "attributes.start_time" and view["orderByAsc"] is False
     assert t.experiment_url("http://127.0.0.1:5000") == (
-        f"http://127.0.0.1:5000/#/experiments/{t.experiment_id}?viewStateShareKey=forgeflow")
+        f"http://127.0.0.1:5000/#/experiments/{t.experiment_id}/runs"
+        "?workflowType=machine_learning&viewStateShareKey=forgeflow")
     assert t_old.experiment_id == old
 
 
