@@ -4,7 +4,8 @@
     forgeflow validate CONFIG [key=value ...]               check the spec, print the plan
     forgeflow schema                                        JSON Schema of the spec
     forgeflow inspect ARTIFACT|STAGE [--reason R] [-n N]    removed documents by reason
-    forgeflow artifacts [--workdir DIR]                     committed artifacts
+    forgeflow artifacts [--workdir DIR]                     committed artifacts and their lineage
+    forgeflow verify [--workdir DIR] [--deep] [--quarantine]  check artifacts against their manifests
     forgeflow ui [--workdir DIR]                            Prefect + MLflow UIs on 127.0.0.1
 
 Prefect is imported only by ``run`` (after PREFECT_HOME is set to the workdir's store),
@@ -133,6 +134,27 @@ def cmd_artifacts(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    """Exit 1 naming each bad artifact and file; --quarantine moves the bad ones aside."""
+    from pipeline.store import ArtifactStore
+    workdir = _workdir(args)
+    if not workdir.is_dir():
+        print(f"error: no workdir {workdir}", file=sys.stderr)
+        return 2
+    store = ArtifactStore(workdir)
+    results = store.verify(deep=args.deep)
+    bad = [(d, p) for d, p in results if p]
+    for art_dir, problems in bad:
+        print(f"BAD  {art_dir}")
+        for problem in problems:
+            print(f"       {problem}")
+        if args.quarantine:
+            print(f"       moved to {store.quarantine(art_dir, problems)}")
+    kind = "re-hashed" if args.deep else "checked (sizes and manifest seals; --deep re-hashes)"
+    print(f"{len(results)} artifact(s) {kind}: {len(results) - len(bad)} ok, {len(bad)} bad")
+    return 1 if bad else 0
+
+
 def cmd_ui(args) -> int:
     workdir = _workdir(args)
     prefect_env(workdir)
@@ -194,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("artifacts", help="list committed artifacts")
     p.add_argument("--workdir")
     p.set_defaults(func=cmd_artifacts)
+    p = sub.add_parser("verify", help="check every artifact against its manifest (exit 1 if any is bad)")
+    p.add_argument("--workdir")
+    p.add_argument("--deep", action="store_true", help="re-hash every file (default: sizes and seals)")
+    p.add_argument("--quarantine", action="store_true",
+                   help="move bad artifacts to <workdir>/.quarantine/ (they are recomputed on the next run)")
+    p.set_defaults(func=cmd_verify)
     p = sub.add_parser("ui", help="start the Prefect and MLflow UIs on 127.0.0.1")
     p.add_argument("--workdir")
     p.add_argument("--prefect-port", type=int, default=4200)
