@@ -85,7 +85,9 @@ def cmd_run(args) -> int:
     prefect_env(workdir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from flows.end_to_end import end_to_end
+    from pipeline.secrets import install_log_redaction
     from pipeline.spec import SpecError
+    install_log_redaction()        # after Prefect configured its handlers
 
     t0 = time.time()
     try:

@@ -25,13 +25,19 @@ from pipeline.dedup.config import DedupConfig
 from pipeline.evaluate.config import EvaluateConfig
 from pipeline.filters.config import FiltersConfig
 from pipeline.ingest.config import ExtractConfig
+from pipeline.secrets import has_credentials, redact
 from pipeline.specbase import Model
 from pipeline.tokenize.config import TokenizeConfig
 from pipeline.train.config import ContinualConfig, TrainConfig
 
 
 class SpecError(ValueError):
-    """An invalid spec: the message names the file, the field path, the value and what is allowed."""
+    """An invalid spec: the message names the file, the field path, the value and what is allowed.
+
+    The message is redacted (no credential a user typed is ever echoed back)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 class RunConfig(Model):
@@ -55,9 +61,10 @@ class RunConfig(Model):
     @field_validator("tracking_uri")
     @classmethod
     def _no_secrets(cls, v: str | None) -> str | None:
-        if v and re.search(r"//[^/@]+:[^/@]+@", v):
-            raise ValueError("credentials in tracking_uri: put them in the environment "
-                             "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD), never in the YAML")
+        if has_credentials(v):
+            raise ValueError("credentials in tracking_uri (userinfo or a token parameter): put them "
+                             "in the environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+                             "or MLFLOW_TRACKING_TOKEN), never in the YAML")
         return v
 
 
@@ -337,6 +344,9 @@ def format_errors(exc: ValidationError, raw: dict, source: str) -> str:
                 msg += f" (did you mean {hint[0]!r}?)"
             if allowed:
                 msg += f"; allowed: {', '.join(allowed)}"
+            lines.append(f"  - {path}: {msg}")
+            continue
+        if loc and loc[-1] == "tracking_uri":      # may hold credentials: never echoed
             lines.append(f"  - {path}: {msg}")
             continue
         shown = json.dumps(value, default=str)

@@ -20,6 +20,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from pipeline.secrets import redact  # noqa: F401  (the one redactor; re-exported here)
+
 MAX_PARAM_LEN = 6000
 BATCH = 100
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
@@ -30,16 +32,15 @@ def clean_key(key: str) -> str:
     return _BAD_KEY_CHARS.sub("_", str(key))[:250]
 
 
-def redact(uri: str) -> str:
-    """Hide credentials in a URI before it is printed or logged."""
-    return re.sub(r"//([^/@:]+):([^/@]+)@", r"//\1:***@", uri or "")
-
-
 def resolve_tracking_uri(spec_uri: str | None, workdir: Path) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or spec_uri
     if not uri:
         uri = f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
     return uri
+
+
+def _clean_tags(tags: dict) -> dict[str, str]:
+    return {k: redact(str(v)) for k, v in tags.items()}
 
 
 class Tracker:
@@ -61,7 +62,7 @@ class Tracker:
     # ---- runs --------------------------------------------------------------------------
     def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={MLFLOW_RUN_NAME: name, "forgeflow.kind": "pipeline", **tags})
+                                     tags=_clean_tags({MLFLOW_RUN_NAME: name, "forgeflow.kind": "pipeline", **tags}))
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -70,7 +71,7 @@ class Tracker:
         all_tags = {MLFLOW_PARENT_RUN_ID: parent_id, MLFLOW_RUN_NAME: key,
                     "forgeflow.kind": "stage", "forgeflow.stage": stage,
                     "forgeflow.node": key, "forgeflow.identity": identity, **(tags or {})}
-        run = self.client.create_run(self.experiment_id, run_name=key, tags=all_tags)
+        run = self.client.create_run(self.experiment_id, run_name=key, tags=_clean_tags(all_tags))
         return StageRun(self, run.info.run_id)
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
@@ -80,7 +81,7 @@ class Tracker:
         items = []
         for k, v in params.items():
             value = v if isinstance(v, str) else json.dumps(v, default=str)
-            items.append(Param(clean_key(k), value[:MAX_PARAM_LEN]))
+            items.append(Param(clean_key(k), redact(value)[:MAX_PARAM_LEN]))
         for i in range(0, len(items), BATCH):
             self.client.log_batch(run_id, params=items[i:i + BATCH], synchronous=True)
 
@@ -114,7 +115,7 @@ class StageRun:
         self.tracker.log_params(self.run_id, params)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _clean_tags(tags).items()],
                               synchronous=True)
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
