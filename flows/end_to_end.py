@@ -94,6 +94,7 @@ def end_to_end(config: str, overrides: list[str] | None = None,
     spec = load_spec(config, overrides or [])
     plan = build_plan(spec)
     env = RunEnv.start(spec, workdir, tags={"forgeflow.config": str(Path(config).resolve())})
+    env.record_plan(plan)
     from prefect.runtime import flow_run
     run_key = str(flow_run.get_id())
     with _LOCK:

@@ -40,6 +40,8 @@ import pipeline
 
 MANIFEST = "manifest.json"
 QUARANTINE = ".quarantine"
+RUNS_LOG = "runs.jsonl"          # one line per pipeline run: the identities it uses
+RUN_GUARD = ".runs.lock"         # shared-locked by every live run, exclusively by gc
 DIGEST_KEY = "manifest_digest"
 
 log = logging.getLogger("forgeflow")
@@ -193,6 +195,123 @@ class ArtifactStore:
             out.append(Artifact(m["stage"], m["name"], m["identity"], str(manifest_path.parent), m))
         return out
 
+    # ---- runs log and garbage collection ------------------------------------------------
+    def record_run(self, run_id: str, spec_name: str, identities: dict[str, tuple[str, str, str]]):
+        """Append this run to the runs log and hold a shared lock on the run guard for as
+        long as the returned handle is open (the process's life, at most): gc never
+        deletes an artifact while a run that may read it is alive.
+
+        ``identities``: node key -> (stage, name, identity), computed before the run."""
+        guard = open(self.workdir / RUN_GUARD, "a")
+        fcntl.flock(guard, fcntl.LOCK_SH)
+        # a leading newline ends any line a killed writer left unfinished
+        line = "\n" + json.dumps({"run": run_id, "spec": spec_name, "started_at": time.time(),
+                           "identities": {k: list(v) for k, v in identities.items()}},
+                          sort_keys=True) + "\n"
+        fd = os.open(self.workdir / RUNS_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())      # one write with O_APPEND: lines never interleave
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return guard
+
+    def runs(self) -> list[dict]:
+        """The runs log, oldest first (a line cut by a kill is skipped)."""
+        path = self.workdir / RUNS_LOG
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                if isinstance(entry, dict) and isinstance(entry.get("identities"), dict):
+                    out.append(entry)
+            except ValueError:
+                continue
+        return out
+
+    def kept_identities(self, keep_runs: int) -> set[str]:
+        """Identities used by the last ``keep_runs`` runs of each spec (by run name)."""
+        by_spec: dict[str, list[dict]] = {}
+        for entry in self.runs():
+            by_spec.setdefault(str(entry.get("spec")), []).append(entry)
+        keep = set()
+        for entries in by_spec.values():
+            for entry in entries[-keep_runs:] if keep_runs > 0 else []:
+                keep.update(v[2] for v in entry["identities"].values() if len(v) == 3)
+        return keep
+
+    def gc(self, keep_runs: int = 3, dry_run: bool = False,
+           lock_age_s: float = 3600.0) -> "GcReport":
+        """Remove what nothing can use any more; see ``forgeflow gc --help``.
+
+        - partial directories whose lock is free and whose identity no kept run uses;
+        - lock files older than ``lock_age_s`` with no partial directory, while holding them;
+        - Prefect result records (``prefect/storage/forgeflow-<identity>``) of artifacts
+          that are not in the store;
+        - committed artifacts no kept run uses: only with a runs log, and only while no
+          run is alive (the run guard is taken exclusively, else they are left alone).
+        The quarantine is never touched (it is reported)."""
+        report = GcReport(dry_run=dry_run)
+        kept = self.kept_identities(keep_runs)
+        guard = open(self.workdir / RUN_GUARD, "a")
+        try:
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                runs_alive = False
+            except BlockingIOError:
+                runs_alive = True
+            committed = {a.identity for a in self.artifacts()}
+            for stage_dir in self._stage_dirs():
+                for d in sorted(stage_dir.glob(".partial-*")):
+                    ident12 = d.name.rsplit("-", 1)[-1]
+                    if any(k.startswith(ident12) for k in kept):
+                        report.keep(d, "partial of a kept run (it resumes from it)")
+                        continue
+                    lock = d.parent / (".lock-" + d.name[len(".partial-"):])
+                    with _try_lock(lock) as held:
+                        if not held:
+                            report.keep(d, "partial being written (lock held)")
+                            continue
+                        report.remove("partial", d, dry_run)
+                for lock in sorted(stage_dir.glob(".lock-*")):
+                    partial = lock.parent / (".partial-" + lock.name[len(".lock-"):])
+                    if partial.exists() and not _is_removed(partial, report):
+                        continue
+                    if time.time() - lock.stat().st_mtime < lock_age_s:
+                        continue
+                    with _try_lock(lock) as held:
+                        if held:
+                            report.remove("lock", lock, dry_run)
+                for art_dir in sorted(stage_dir.iterdir()):
+                    if art_dir.name.startswith(".") or not (art_dir / MANIFEST).exists():
+                        continue
+                    try:
+                        ident = json.loads((art_dir / MANIFEST).read_text()).get("identity", "")
+                    except ValueError:
+                        continue                 # broken: `forgeflow verify` reports it
+                    if ident in kept:
+                        continue
+                    if not self.runs():
+                        report.keep(art_dir, "no runs log yet: reachability unknown")
+                    elif runs_alive:
+                        report.keep(art_dir, "unreachable, but a run is alive (rerun gc later)")
+                    else:
+                        report.remove("artifact", art_dir, dry_run)
+                        committed.discard(ident)
+            storage = self.workdir / "prefect" / "storage"
+            for rec in sorted(storage.glob("forgeflow-*")) if storage.is_dir() else []:
+                if rec.name[len("forgeflow-"):] not in committed:
+                    report.remove("prefect-result", rec, dry_run)
+            q = self.workdir / QUARANTINE
+            if q.is_dir():
+                for d in sorted(q.glob("*/*")):
+                    report.keep(d, "quarantined (inspect it, then delete by hand)")
+        finally:
+            guard.close()
+        return report
+
     # ---- writing ---------------------------------------------------------------------
     def begin(self, stage: str, name: str, identity: str, resumable: bool) -> "PendingArtifact":
         partial = self.partial_dir(stage, name, identity)
@@ -260,6 +379,84 @@ class PendingArtifact:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
             self.lock.close()
             self.lock = None   # the lock file stays: unlinking it would race with a waiter
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    removed: list[tuple[str, Path, int]] = field(default_factory=list)    # (kind, path, bytes)
+    kept: list[tuple[Path, str, int]] = field(default_factory=list)       # (path, why, bytes)
+
+    def remove(self, kind: str, path: Path, dry_run: bool) -> None:
+        size = disk_usage(path)
+        self.removed.append((kind, path, size))
+        if dry_run:
+            return
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def keep(self, path: Path, why: str) -> None:
+        self.kept.append((path, why, disk_usage(path)))
+
+    @property
+    def freed(self) -> int:
+        return sum(n for _, _, n in self.removed)
+
+
+def _is_removed(path: Path, report: GcReport) -> bool:
+    return any(p == path for _, p, _ in report.removed)
+
+
+class _try_lock:
+    """``with _try_lock(path) as held``: the exclusive lock on ``path`` if free right now."""
+
+    def __init__(self, path: Path):
+        self.path, self.f, self.held = path, None, False
+
+    def __enter__(self) -> bool:
+        try:
+            self.f = open(self.path, "a")
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.held = True
+        except (BlockingIOError, FileNotFoundError):
+            self.held = False
+        return self.held
+
+    def __exit__(self, *exc) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
+def disk_usage(path: Path) -> int:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for p in path.rglob("*"):
+        try:
+            if p.is_file() and not p.is_symlink():
+                total += p.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def lineage(artifacts: list[Artifact]) -> dict[str, list[tuple[str, Artifact | None, str]]]:
+    """identity -> [(input name, the input's artifact or None if gone, its identity)]."""
+    by_id = {a.identity: a for a in artifacts}
+    return {a.identity: [(name, by_id.get(ident), ident)
+                         for name, ident in sorted(a.manifest.get("inputs", {}).items())]
+            for a in artifacts}
 
 
 def manifest_seal(manifest: dict) -> str:

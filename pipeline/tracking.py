@@ -43,10 +43,30 @@ def _clean_tags(tags: dict) -> dict[str, str]:
     return {k: redact(str(v)) for k, v in tags.items()}
 
 
+def credentials_to_env(uri: str) -> str:
+    """``http(s)://user:password@host`` -> ``http(s)://host``, with the credentials moved to
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (which MLflow reads, and which win
+    when already set). MLflow prints run links built from the URI it was given, and the
+    URI travels to training workers: neither may carry a password."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if colon:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+    else:                       # https://token@host
+        os.environ.setdefault("MLFLOW_TRACKING_TOKEN", unquote(user))
+    return urlunsplit(parts._replace(netloc=host))
+
+
 class Tracker:
     """A thin layer over MlflowClient for one pipeline run."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None):
+        tracking_uri = credentials_to_env(tracking_uri)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)

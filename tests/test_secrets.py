@@ -176,3 +176,15 @@ def test_a_run_never_records_a_planted_secret(tmp_path, mlflow_server):
     finally:
         import shutil
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_credentials_move_from_the_tracking_uri_to_the_environment(monkeypatch):
+    from pipeline.tracking import credentials_to_env
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    assert credentials_to_env("https://al%40ice:p@ss:w@mlflow.example:8443/base") == "https://mlflow.example:8443/base"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "al@ice"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss:w"
+    assert credentials_to_env("https://tok123@mlflow.example") == "https://mlflow.example"
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == "tok123"
+    assert credentials_to_env("sqlite:////tmp/a@b/mlflow.db") == "sqlite:////tmp/a@b/mlflow.db"
