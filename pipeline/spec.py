@@ -164,6 +164,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise SpecError(f"override {item!r}: expected dotted.path=value, e.g. train.steps=200")
         path, value = item.split("=", 1)
         keys = path.strip().split(".")
+        if not all(k.strip() for k in keys):
+            raise SpecError(f"override {item!r}: empty key in {path.strip()!r}; "
+                            "expected dotted.path=value, e.g. train.steps=200")
+        parsed = _override_value(item, value)
         node: Any = raw
         for i, key in enumerate(keys):
             last = i == len(keys) - 1
@@ -173,17 +177,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                                     f"of {len(node)}; {key!r} is not an index in it")
                 key = int(key)
                 if last:
-                    node[key] = yaml.safe_load(value)
+                    node[key] = parsed
                 else:
                     node = node[key]
-            else:
+            elif isinstance(node, dict):
                 if last:
-                    node[key] = yaml.safe_load(value)
+                    node[key] = parsed
                 else:
                     node = node.setdefault(key, {})
-                    if not isinstance(node, (dict, list)):
-                        raise SpecError(f"override {item!r}: {'.'.join(keys[:i + 1])} is a value, "
-                                        "not a section")
+            if not last and not isinstance(node, (dict, list)):
+                raise SpecError(f"override {item!r}: {'.'.join(keys[:i + 1])} is a value "
+                                f"({json.dumps(node, default=str)[:40]}), not a section")
     return raw
 
 
@@ -191,15 +195,42 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
     path = Path(path)
     if not path.exists():
         raise SpecError(f"spec file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: the top level must be a mapping of sections")
+    raw = _read_yaml(path)
     raw = _extend(raw, path, seen=[path.resolve()])
     raw = apply_overrides(raw, overrides or [])
     return validate_spec(raw, source=str(path), base_dir=path.resolve().parent)
+
+
+def _read_yaml(path: Path) -> dict:
+    """The top-level mapping of a YAML spec file; every failure is a SpecError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start})") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid YAML: nested too deeply") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the top level must be a mapping of sections, "
+                        f"not {type(raw).__name__}")
+    return raw
+
+
+def _override_value(item: str, value: str):
+    try:
+        return yaml.safe_load(value)
+    except (yaml.YAMLError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecError(f"override {item!r}: the value is not valid YAML ({first}); "
+                        "quote it, e.g. key='[text'") from None
 
 
 def _extend(raw: dict, path: Path, seen: list[Path]) -> dict:
@@ -213,7 +244,7 @@ def _extend(raw: dict, path: Path, seen: list[Path]) -> dict:
         raise SpecError(f"{path}: 'extends' loops back to {base_path}")
     if not base_path.exists():
         raise SpecError(f"{path}: extends: file not found: {base_path}")
-    base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+    base = _read_yaml(base_path)
     base = _extend(base, base_path, seen + [base_path])
     return _deep_merge(base, raw)
 
