@@ -86,9 +86,7 @@ def cmd_run(args) -> int:
     prefect_env(workdir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from flows.end_to_end import end_to_end
-    from pipeline.secrets import install_log_redaction
     from pipeline.spec import SpecError
-    install_log_redaction()        # after Prefect configured its handlers
 
     t0 = time.time()
     try:
@@ -267,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
     args = parser.parse_args(argv)
+    from pipeline.secrets import install_log_redaction
+    install_log_redaction()        # every log record of every command, whatever its handler
     return args.func(args)
 
 

@@ -4,7 +4,7 @@ Secrets reach forgeflow only through the environment (``MLFLOW_TRACKING_URI`` wi
 credentials, ``MLFLOW_TRACKING_PASSWORD``/``TOKEN``, cloud keys); the spec refuses them
 (see ``RunConfig.tracking_uri``). :func:`redact` is applied to every URI before it is
 shown, to every MLflow param and tag value, to spec error messages and, through
-:class:`RedactingFilter`, to every log record of a ``forgeflow`` command.
+:func:`install_log_redaction`, to every log record of a ``forgeflow`` command.
 
 It hides:
 - URI userinfo in every form: ``scheme://user:pa:ss@w@rd@host`` -> ``scheme://user:***@host``,
@@ -73,26 +73,26 @@ def has_credentials(uri: str | None) -> bool:
     return bool(uri) and redact(uri, environ={}) != uri
 
 
-class RedactingFilter(logging.Filter):
-    """Redacts every record's final message (attach to handlers)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:        # a broken record: leave it to the handler's own error path
-            return True
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, ()
-        return True
+def _redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    try:
+        message = record.getMessage()
+    except Exception:            # a broken record: leave it to the handler's own error path
+        return record
+    clean = redact(message)
+    if clean != message:
+        record.msg, record.args = clean, ()
+    return record
 
 
 def install_log_redaction() -> None:
-    """Attach :class:`RedactingFilter` to every handler configured so far (root and named
-    loggers, e.g. Prefect's console and API handlers), once each."""
-    loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values()
-                                       if isinstance(lg, logging.Logger)]
-    for logger in loggers:
-        for handler in logger.handlers:
-            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-                handler.addFilter(RedactingFilter())
+    """Redact every log record of this process as it is created, whichever logger or
+    handler (Prefect's console and API handlers included) it then goes to. Idempotent."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_forgeflow_redacting", False):
+        return
+
+    def factory(*args, **kwargs):
+        return _redact_record(previous(*args, **kwargs))
+
+    factory._forgeflow_redacting = True
+    logging.setLogRecordFactory(factory)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.secrets import RedactingFilter, has_credentials, redact, secret_env_values
+from pipeline.secrets import has_credentials, install_log_redaction, redact, secret_env_values
 from pipeline.spec import SpecError, load_spec, validate_spec
 from tests.e2e_util import REPO, cli_env, forgeflow, mlflow_runs
 from tests.tiny_pipeline import write_tiny_spec
@@ -54,10 +54,18 @@ def test_redact_environment_values_anywhere():
     assert "1" not in secret_env_values(env)          # too short to mask safely
 
 
-def test_log_filter_redacts_final_message():
-    record = logging.LogRecord("forgeflow", logging.INFO, __file__, 1, "uri %s", ("https://u:s3cr3t@h",), None)
-    RedactingFilter().filter(record)
-    assert record.getMessage() == "uri https://u:***@h"
+def test_log_records_are_redacted_for_every_handler(caplog):
+    previous = logging.getLogRecordFactory()
+    try:
+        install_log_redaction()
+        install_log_redaction()                       # idempotent
+        with caplog.at_level(logging.INFO):
+            logging.getLogger("prefect.flow_runs").info("uri %s", "https://u:s3cr3t@h")
+            logging.getLogger("forgeflow").warning("token https://h/?token=s3cr3t")
+        assert "s3cr3t" not in caplog.text
+        assert "uri https://u:***@h" in caplog.text and "token=***" in caplog.text
+    finally:
+        logging.setLogRecordFactory(previous)
 
 
 @pytest.mark.parametrize("uri", ["https://bob:Sup3r@Secret@mlflow.example", "https://Sup3rSecret@mlflow.example",
@@ -147,35 +155,34 @@ def test_a_run_never_records_a_planted_secret(tmp_path, mlflow_server):
     port, server_db = mlflow_server
     spec = write_tiny_spec(tmp_path / "spec", name="secrets")
     workdir = tmp_path / "work"
-    ray_tmp = Path(tempfile.mkdtemp(prefix="ffs", dir="/tmp"))     # short: Ray's socket paths
+    t_start = time.time()
     env = cli_env(workdir)
     env.update({
         "MLFLOW_TRACKING_URI": f"http://forgeflow:{SECRET}-uri@127.0.0.1:{port}",
         "MLFLOW_TRACKING_PASSWORD": f"{SECRET}-pw", "MLFLOW_TRACKING_USERNAME": "forgeflow",
         "AWS_SECRET_ACCESS_KEY": f"{SECRET}-aws", "AWS_SESSION_TOKEN": f"{SECRET}-sts",
-        "HF_TOKEN": f"{SECRET}-hf", "RAY_TMPDIR": str(ray_tmp),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",      # a loaded CI machine
+        "HF_TOKEN": f"{SECRET}-hf",
     })
-    try:
-        proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(spec), "--workdir", str(workdir)],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-        # the run really went to the server (through the credentialed URI)
-        from mlflow.tracking import MlflowClient
-        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
-        exp = client.get_experiment_by_name("secrets")
-        runs = client.search_runs([exp.experiment_id])
-        assert len(runs) == 10                       # the parent and 9 stages
-        leaks = [w for w, text in (("stdout", proc.stdout), ("stderr", proc.stderr)) if SECRET in text]
-        assert "forgeflow:***@127.0.0.1" in proc.stdout + proc.stderr      # shown, redacted
-        # every file the run wrote: artifacts, manifests, Prefect's SQLite (flow/task runs,
-        # parameters, artifacts, logs), MLflow's server store and artifacts, Ray's logs
-        for root in (workdir, server_db.parent, ray_tmp):
-            leaks += _grep(root, SECRET.encode())
-        assert leaks == []
-    finally:
-        import shutil
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(spec), "--workdir", str(workdir)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # the run really went to the server (through the credentialed URI)
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+    exp = client.get_experiment_by_name("secrets")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 10                       # the parent and 9 stages
+    leaks = [w for w, text in (("stdout", proc.stdout), ("stderr", proc.stderr)) if SECRET in text]
+    assert "forgeflow:***@127.0.0.1" in proc.stdout + proc.stderr      # shown, redacted
+    # every file the run wrote: artifacts, manifests, Prefect's SQLite (flow/task runs,
+    # parameters, artifacts, logs), MLflow's server store and artifacts, and the logs of
+    # the Ray sessions started during the run (under Ray's temp dir)
+    ray_root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    sessions = [d for d in ray_root.glob("session_2*") if d.stat().st_mtime >= t_start - 1]
+    assert sessions, f"no Ray session under {ray_root}"
+    for root in [workdir, server_db.parent, *sessions]:
+        leaks += _grep(root, SECRET.encode())
+    assert leaks == []
 
 
 def test_credentials_move_from_the_tracking_uri_to_the_environment(monkeypatch):
