@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/quickstart.yaml
 WORKDIR ?= work
 
-.PHONY: venv install quickstart test test-fast bench ui lock clean
+.PHONY: venv install quickstart test test-fast bench chaos ui lock clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: install
 	$(BIN)/python bench/filters.py
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/tokenization.py
+
+# SIGKILL the quickstart at 20 seeded moments, rerun each time, check every artifact and
+# compare the final metrics with an uninterrupted run (bench/chaos.py; about 25 runs' time).
+chaos: install
+	$(BIN)/python bench/chaos.py --kills 20 --seed 0 --workdir $(WORKDIR)-chaos
 
 ui: install
 	$(BIN)/forgeflow ui --workdir $(WORKDIR)

@@ -4,7 +4,9 @@
     forgeflow validate CONFIG [key=value ...]               check the spec, print the plan
     forgeflow schema                                        JSON Schema of the spec
     forgeflow inspect ARTIFACT|STAGE [--reason R] [-n N]    removed documents by reason
-    forgeflow artifacts [--workdir DIR]                     committed artifacts
+    forgeflow artifacts [--workdir DIR]                     committed artifacts and their lineage
+    forgeflow verify [--workdir DIR] [--deep] [--quarantine]  check artifacts against their manifests
+    forgeflow gc [--workdir DIR] [--keep-runs N] [--dry-run]  remove what no recent run uses
     forgeflow ui [--workdir DIR]                            Prefect + MLflow UIs on 127.0.0.1
 
 Prefect is imported only by ``run`` (after PREFECT_HOME is set to the workdir's store),
@@ -126,11 +128,60 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_artifacts(args) -> int:
-    from pipeline.store import ArtifactStore
-    for a in ArtifactStore(_workdir(args)).artifacts():
+    """Each artifact, then its lineage: the MLflow run that produced it and its inputs."""
+    from pipeline.store import ArtifactStore, lineage
+    arts = ArtifactStore(_workdir(args)).artifacts()
+    inputs = lineage(arts)
+    for a in arts:
         m = a.manifest
         print(f"{m.get('key', a.stage):<28} {a.short}  {m.get('seconds', 0):8.1f}s  {a.path}")
+        if args.no_lineage:
+            continue
+        print(f"    produced by MLflow run {m.get('mlflow_run_id') or '?'}"
+              f"{' (resumed)' if m.get('resumed') else ''}, code {m.get('code_version', '?')}")
+        for name, src, ident in inputs[a.identity]:
+            where = (f"{src.manifest.get('key', src.stage)} {src.short} (run {src.manifest.get('mlflow_run_id', '?')})"
+                     if src else f"{ident[:12]} (no longer in the store)")
+            print(f"    <- {name}: {where}")
     return 0
+
+
+def cmd_gc(args) -> int:
+    from pipeline.store import ArtifactStore, human_bytes
+    workdir = _workdir(args)
+    if not workdir.is_dir():
+        print(f"error: no workdir {workdir}", file=sys.stderr)
+        return 2
+    report = ArtifactStore(workdir).gc(keep_runs=args.keep_runs, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for kind, path, size in report.removed:
+        print(f"{verb:<12} {kind:<15} {human_bytes(size):>10}  {path}")
+    for path, why, size in report.kept:
+        print(f"{'kept':<12} {'':<15} {human_bytes(size):>10}  {path}  ({why})")
+    print(f"gc: {verb} {len(report.removed)} item(s), {human_bytes(report.freed)}; "
+          f"kept everything the last {args.keep_runs} run(s) of each spec use")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    """Exit 1 naming each bad artifact and file; --quarantine moves the bad ones aside."""
+    from pipeline.store import ArtifactStore
+    workdir = _workdir(args)
+    if not workdir.is_dir():
+        print(f"error: no workdir {workdir}", file=sys.stderr)
+        return 2
+    store = ArtifactStore(workdir)
+    results = store.verify(deep=args.deep)
+    bad = [(d, p) for d, p in results if p]
+    for art_dir, problems in bad:
+        print(f"BAD  {art_dir}")
+        for problem in problems:
+            print(f"       {problem}")
+        if args.quarantine:
+            print(f"       moved to {store.quarantine(art_dir, problems)}")
+    kind = "re-hashed" if args.deep else "checked (sizes and manifest seals; --deep re-hashes)"
+    print(f"{len(results)} artifact(s) {kind}: {len(results) - len(bad)} ok, {len(bad)} bad")
+    return 1 if bad else 0
 
 
 def cmd_ui(args) -> int:
@@ -217,15 +268,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=5)
     p.add_argument("--workdir")
     p.set_defaults(func=cmd_inspect)
-    p = sub.add_parser("artifacts", help="list committed artifacts")
+    p = sub.add_parser("artifacts", help="list committed artifacts with their lineage")
     p.add_argument("--workdir")
+    p.add_argument("--no-lineage", action="store_true", help="one line per artifact")
     p.set_defaults(func=cmd_artifacts)
+    p = sub.add_parser("gc", help="remove stale partials, orphaned locks, Prefect records of deleted "
+                                  "artifacts and artifacts no recent run uses")
+    p.add_argument("--workdir")
+    p.add_argument("--keep-runs", type=int, default=3, metavar="N",
+                   help="keep every artifact the last N runs of each spec use (default 3)")
+    p.add_argument("--dry-run", action="store_true", help="print what would go, remove nothing")
+    p.set_defaults(func=cmd_gc)
+    p = sub.add_parser("verify", help="check every artifact against its manifest (exit 1 if any is bad)")
+    p.add_argument("--workdir")
+    p.add_argument("--deep", action="store_true", help="re-hash every file (default: sizes and seals)")
+    p.add_argument("--quarantine", action="store_true",
+                   help="move bad artifacts to <workdir>/.quarantine/ (they are recomputed on the next run)")
+    p.set_defaults(func=cmd_verify)
     p = sub.add_parser("ui", help="start the Prefect and MLflow UIs on 127.0.0.1")
     p.add_argument("--workdir")
     p.add_argument("--prefect-port", type=int, default=4200)
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
     args = parser.parse_args(argv)
+    from pipeline.secrets import install_log_redaction
+    install_log_redaction()        # every log record of every command, whatever its handler
     return args.func(args)
 
 

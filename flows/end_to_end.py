@@ -125,6 +125,7 @@ def end_to_end(config: str, overrides: list[str] | None = None,
         f"({env.run_url(env.parent_run_id)})\n- MLflow experiment (runs table): "
         f"{env.tracker.experiment_url(env.ui_url)}\n- workdir: `{env.workdir}`",
         key=_slug(f"{spec.run.name}-mlflow"), description="the MLflow runs of this flow run")
+    env.record_plan(plan)
     with _LOCK:
         _RUNS[run_key] = ({n.key: n for n in plan}, env)
     logger.info("plan: %s", " -> ".join(n.key for n in plan))

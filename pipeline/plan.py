@@ -24,13 +24,29 @@ from pipeline.store import Artifact, files_digest
 
 RunFn = Callable[[StageContext, dict[str, Artifact]], dict]
 
+# Each stage's code version: part of every artifact identity of that stage. Bump it when a
+# change to the stage's code changes its output (format, logic, defaults); committed
+# artifacts of the old version are then recomputed instead of served. tests/test_stage_versions.py
+# fails when a stage's config schema or its golden output on a tiny input changes without a bump.
+STAGE_VERSIONS: dict[str, str] = {
+    "crawl": "1",
+    "ingest": "1",
+    "models": "1",        # the fastText classifiers the filters train
+    "filter": "1",
+    "dedup": "1",
+    "tokenizer": "1",
+    "tokenize": "1",
+    "train": "1",         # pretrain and every continual phase
+    "evaluate": "1",
+}
+
 
 @dataclass
 class Node:
     key: str                          # unique in the plan, e.g. "ingest.prose"
     stage: str                        # stage family = artifact sub-directory
     name: str                         # artifact name inside the family
-    version: str                      # bump when the stage's output format/logic changes
+    version: str                      # STAGE_VERSIONS[stage]: bump when its output changes
     config: dict                      # identity-relevant config (plain data)
     inputs: dict[str, str]            # input name -> upstream node key
     run: RunFn
@@ -61,7 +77,7 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
         if src.type == "crawl":
             crawl_key = f"crawl.{src.name}"
             nodes.append(Node(
-                key=crawl_key, stage="crawl", name=src.name, version="1",
+                key=crawl_key, stage="crawl", name=src.name, version=STAGE_VERSIONS["crawl"],
                 config={"crawl": src.crawl.identity_dict(),
                         "local_site": src.local_site.identity_dict() if src.local_site else None},
                 inputs={}, resumable=True,
@@ -83,7 +99,7 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
 
         key = f"ingest.{src.name}"
         nodes.append(Node(
-            key=key, stage="ingest", name=src.name, version="1",
+            key=key, stage="ingest", name=src.name, version=STAGE_VERSIONS["ingest"],
             config={"reader": reader, "extract": spec.extract.identity_dict(), "files": files_id},
             inputs=ingest_inputs, run=ingest_run, dataset="ingested",
             description=f"{src.type} -> documents Parquet"))
@@ -108,7 +124,7 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
 
         key = f"model.{kind}"
         nodes.append(Node(
-            key=key, stage="models", name=kind, version="1",
+            key=key, stage="models", name=kind, version=STAGE_VERSIONS["models"],
             config={"kind": kind, "config": cfg_part, "files": files_digest(user_files), "seed": seed},
             inputs=inputs, run=model_run, description=f"train the {kind} fastText classifier"))
         model_keys[kind] = key
@@ -119,13 +135,13 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
         return filters_stage.run_filter(spec.filters, docs, models, ctx)
 
     nodes.append(Node(
-        key="filter", stage="filter", name="filtered", version="1",
+        key="filter", stage="filter", name="filtered", version=STAGE_VERSIONS["filter"],
         config={"filters": spec.filters.identity_dict(), "seed": seed},
         inputs={**all_docs, **{f"model.{k}": v for k, v in model_keys.items()}},
         run=filter_run, dataset="filtered", description="language ID, heuristics, classifiers"))
 
     nodes.append(Node(
-        key="dedup", stage="dedup", name="deduped", version="1",
+        key="dedup", stage="dedup", name="deduped", version=STAGE_VERSIONS["dedup"],
         config={"dedup": spec.dedup.identity_dict(), "seed": seed},
         inputs={"docs": "filter"},
         run=lambda ctx, inp: run_dedup(spec.dedup, inp["docs"].dir, ctx),
@@ -137,14 +153,14 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
         raise SpecError(f"tokenize.tokenizer.path: directory not found: {tok_cfg.path}")
 
     nodes.append(Node(
-        key="tokenizer", stage="tokenizer", name="bpe", version="1",
+        key="tokenizer", stage="tokenizer", name="bpe", version=STAGE_VERSIONS["tokenizer"],
         config={"tokenizer": tok_cfg.identity_dict(), "seed": seed},
         inputs={"docs": "dedup"},     # a given tokenizer still reads the corpus for fertility
         run=lambda ctx, inp: run_train_tokenizer(spec.tokenize, inp["docs"].dir, ctx),
         description="train a byte-level BPE (or load a given one)"))
 
     nodes.append(Node(
-        key="tokenize", stage="tokenize", name="shards", version="1",
+        key="tokenize", stage="tokenize", name="shards", version=STAGE_VERSIONS["tokenize"],
         config={"tokenize": spec.tokenize.identity_dict(), "seed": seed},
         inputs={"docs": "dedup", "tokenizer": "tokenizer"},
         run=lambda ctx, inp: run_tokenize(spec.tokenize, inp["docs"].dir,
@@ -154,7 +170,7 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
     # ---- training ---------------------------------------------------------------------------------
     train_id = spec.train.identity_dict()          # carries train.seed
     nodes.append(Node(
-        key="pretrain", stage="train", name="pretrain", version="1",
+        key="pretrain", stage="train", name="pretrain", version=STAGE_VERSIONS["train"],
         config={"train": train_id}, inputs={"shards": "tokenize"}, resumable=True,
         run=lambda ctx, inp: run_pretrain(spec.train, inp["shards"].dir, ctx),
         description="pretrain on Ray Train (DDP)"))
@@ -171,7 +187,7 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
                                      previous_mixture={})
 
             nodes.append(Node(
-                key=key, stage="train", name=f"continual-{phase.name}", version="1",
+                key=key, stage="train", name=f"continual-{phase.name}", version=STAGE_VERSIONS["train"],
                 config={"phase": phase.identity_dict(), "train": train_id},
                 inputs={"shards": "tokenize", "init": prev_key}, resumable=True, run=cont_run,
                 description=f"continual pretraining phase {phase.name} (re-warmed schedule)"))
@@ -184,7 +200,7 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
         return run_evaluate(spec.evaluate, models, inp["shards"].dir, ctx)
 
     nodes.append(Node(
-        key="evaluate", stage="evaluate", name="eval", version="1",
+        key="evaluate", stage="evaluate", name="eval", version=STAGE_VERSIONS["evaluate"],
         config={"evaluate": spec.evaluate.identity_dict()},
         inputs={"shards": "tokenize", **{f"model:{label}": key for label, key in model_nodes.items()}},
         run=eval_run, description="bits-per-byte per source, forgetting, multiple-choice tasks"))

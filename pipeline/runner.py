@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.engine import configure_ray
 from pipeline.plan import Node
@@ -33,6 +34,7 @@ class RunEnv:
     parent_run_id: str
     ui_url: str
     outcomes: dict = field(default_factory=dict)
+    run_guard: Any = None          # held while the run lives: gc never deletes what it uses
 
     @classmethod
     def start(cls, spec: PipelineSpec, workdir: Path | str | None = None,
@@ -57,6 +59,16 @@ class RunEnv:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.tracker.end(self.parent_run_id, status)
+        if self.run_guard is not None:
+            self.run_guard.close()
+            self.run_guard = None
+
+    def record_plan(self, plan: list[Node]) -> None:
+        """Log the identities this run uses (the runs log gc keeps artifacts by)."""
+        ids = plan_identities(plan)
+        self.run_guard = self.store.record_run(
+            self.parent_run_id, self.spec.run.name,
+            {n.key: (n.stage, n.name, ids[n.key]) for n in plan})
 
     @property
     def parent_run(self) -> StageRun:

@@ -25,13 +25,19 @@ from pipeline.dedup.config import DedupConfig
 from pipeline.evaluate.config import EvaluateConfig
 from pipeline.filters.config import FiltersConfig
 from pipeline.ingest.config import ExtractConfig
+from pipeline.secrets import has_credentials, redact
 from pipeline.specbase import Model
 from pipeline.tokenize.config import TokenizeConfig
 from pipeline.train.config import ContinualConfig, TrainConfig
 
 
 class SpecError(ValueError):
-    """An invalid spec: the message names the file, the field path, the value and what is allowed."""
+    """An invalid spec: the message names the file, the field path, the value and what is allowed.
+
+    The message is redacted (no credential a user typed is ever echoed back)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 class RunConfig(Model):
@@ -55,9 +61,10 @@ class RunConfig(Model):
     @field_validator("tracking_uri")
     @classmethod
     def _no_secrets(cls, v: str | None) -> str | None:
-        if v and re.search(r"//[^/@]+:[^/@]+@", v):
-            raise ValueError("credentials in tracking_uri: put them in the environment "
-                             "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD), never in the YAML")
+        if has_credentials(v):
+            raise ValueError("credentials in tracking_uri (userinfo or a token parameter): put them "
+                             "in the environment (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+                             "or MLFLOW_TRACKING_TOKEN), never in the YAML")
         return v
 
 
@@ -157,6 +164,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise SpecError(f"override {item!r}: expected dotted.path=value, e.g. train.steps=200")
         path, value = item.split("=", 1)
         keys = path.strip().split(".")
+        if not all(k.strip() for k in keys):
+            raise SpecError(f"override {item!r}: empty key in {path.strip()!r}; "
+                            "expected dotted.path=value, e.g. train.steps=200")
+        parsed = _override_value(item, value)
         node: Any = raw
         for i, key in enumerate(keys):
             last = i == len(keys) - 1
@@ -166,17 +177,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                                     f"of {len(node)}; {key!r} is not an index in it")
                 key = int(key)
                 if last:
-                    node[key] = yaml.safe_load(value)
+                    node[key] = parsed
                 else:
                     node = node[key]
-            else:
+            elif isinstance(node, dict):
                 if last:
-                    node[key] = yaml.safe_load(value)
+                    node[key] = parsed
                 else:
                     node = node.setdefault(key, {})
-                    if not isinstance(node, (dict, list)):
-                        raise SpecError(f"override {item!r}: {'.'.join(keys[:i + 1])} is a value, "
-                                        "not a section")
+            if not last and not isinstance(node, (dict, list)):
+                raise SpecError(f"override {item!r}: {'.'.join(keys[:i + 1])} is a value "
+                                f"({json.dumps(node, default=str)[:40]}), not a section")
     return raw
 
 
@@ -184,15 +195,42 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PipelineS
     path = Path(path)
     if not path.exists():
         raise SpecError(f"spec file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: the top level must be a mapping of sections")
+    raw = _read_yaml(path)
     raw = _extend(raw, path, seen=[path.resolve()])
     raw = apply_overrides(raw, overrides or [])
     return validate_spec(raw, source=str(path), base_dir=path.resolve().parent)
+
+
+def _read_yaml(path: Path) -> dict:
+    """The top-level mapping of a YAML spec file; every failure is a SpecError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                        f"{exc.start})") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: not valid YAML: nested too deeply") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the top level must be a mapping of sections, "
+                        f"not {type(raw).__name__}")
+    return raw
+
+
+def _override_value(item: str, value: str):
+    try:
+        return yaml.safe_load(value)
+    except (yaml.YAMLError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SpecError(f"override {item!r}: the value is not valid YAML ({first}); "
+                        "quote it, e.g. key='[text'") from None
 
 
 def _extend(raw: dict, path: Path, seen: list[Path]) -> dict:
@@ -206,7 +244,7 @@ def _extend(raw: dict, path: Path, seen: list[Path]) -> dict:
         raise SpecError(f"{path}: 'extends' loops back to {base_path}")
     if not base_path.exists():
         raise SpecError(f"{path}: extends: file not found: {base_path}")
-    base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+    base = _read_yaml(base_path)
     base = _extend(base, base_path, seen + [base_path])
     return _deep_merge(base, raw)
 
@@ -337,6 +375,9 @@ def format_errors(exc: ValidationError, raw: dict, source: str) -> str:
                 msg += f" (did you mean {hint[0]!r}?)"
             if allowed:
                 msg += f"; allowed: {', '.join(allowed)}"
+            lines.append(f"  - {path}: {msg}")
+            continue
+        if loc and loc[-1] == "tracking_uri":      # may hold credentials: never echoed
             lines.append(f"  - {path}: {msg}")
             continue
         shown = json.dumps(value, default=str)

@@ -20,6 +20,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from pipeline.secrets import redact  # noqa: F401  (the one redactor; re-exported here)
+
 MAX_PARAM_LEN = 6000
 BATCH = 100
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
@@ -28,11 +30,6 @@ _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
 def clean_key(key: str) -> str:
     """MLflow keys allow alphanumerics, _ - . space : / only."""
     return _BAD_KEY_CHARS.sub("_", str(key))[:250]
-
-
-def redact(uri: str) -> str:
-    """Hide credentials in a URI before it is printed or logged."""
-    return re.sub(r"//([^/@:]+):([^/@]+)@", r"//\1:***@", uri or "")
 
 
 def run_name(name: str, trial: str | None = None, at: float | None = None) -> str:
@@ -69,10 +66,34 @@ def resolve_tracking_uri(spec_uri: str | None, workdir: Path) -> str:
     return uri
 
 
+def _clean_tags(tags: dict) -> dict[str, str]:
+    return {k: redact(str(v)) for k, v in tags.items()}
+
+
+def credentials_to_env(uri: str) -> str:
+    """``http(s)://user:password@host`` -> ``http(s)://host``, with the credentials moved to
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (which MLflow reads, and which win
+    when already set). MLflow prints run links built from the URI it was given, and the
+    URI travels to training workers: neither may carry a password."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if colon:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(password))
+    else:                       # https://token@host
+        os.environ.setdefault("MLFLOW_TRACKING_TOKEN", unquote(user))
+    return urlunsplit(parts._replace(netloc=host))
+
+
 class Tracker:
     """A thin layer over MlflowClient for one pipeline run."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None):
+        tracking_uri = credentials_to_env(tracking_uri)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
@@ -115,7 +136,7 @@ class Tracker:
     # ---- runs --------------------------------------------------------------------------
     def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={MLFLOW_RUN_NAME: name, "forgeflow.kind": "pipeline", **tags})
+                                     tags=_clean_tags({MLFLOW_RUN_NAME: name, "forgeflow.kind": "pipeline", **tags}))
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -124,7 +145,7 @@ class Tracker:
         all_tags = {MLFLOW_PARENT_RUN_ID: parent_id, MLFLOW_RUN_NAME: key,
                     "forgeflow.kind": "stage", "forgeflow.stage": stage,
                     "forgeflow.node": key, "forgeflow.identity": identity, **(tags or {})}
-        run = self.client.create_run(self.experiment_id, run_name=key, tags=all_tags)
+        run = self.client.create_run(self.experiment_id, run_name=key, tags=_clean_tags(all_tags))
         return StageRun(self, run.info.run_id)
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
@@ -134,7 +155,7 @@ class Tracker:
         items = []
         for k, v in params.items():
             value = v if isinstance(v, str) else json.dumps(v, default=str)
-            items.append(Param(clean_key(k), value[:MAX_PARAM_LEN]))
+            items.append(Param(clean_key(k), redact(value)[:MAX_PARAM_LEN]))
         for i in range(0, len(items), BATCH):
             self.client.log_batch(run_id, params=items[i:i + BATCH], synchronous=True)
 
@@ -168,7 +189,7 @@ class StageRun:
         self.tracker.log_params(self.run_id, params)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _clean_tags(tags).items()],
                               synchronous=True)
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:

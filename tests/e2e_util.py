@@ -18,6 +18,9 @@ def cli_env(workdir: Path) -> dict:
     env["PREFECT_HOME"] = str(workdir / "prefect")
     env["PYTHONPATH"] = str(REPO)
     env["TOKENIZERS_PARALLELISM"] = "false"
+    # Prefect's default (20 s) for its ephemeral API server is too short on a loaded 2-core machine
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = os.environ.get(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     return env
 
 

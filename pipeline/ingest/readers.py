@@ -280,6 +280,15 @@ def read_text(path: Path, label: str, cfg: ExtractConfig, stats: Counter, *,
             stats["units_with_bad_utf8"] += 1
             return text
 
+    def as_record(key: str, raw: bytes, where: str) -> Record:
+        # UTF-8 text never holds NUL bytes: this is binary data or UTF-16 text
+        nul = raw.find(b"\x00")
+        if nul >= 0:
+            return Reject("binary", f"{where}: NUL bytes at offset {nul}: binary "
+                          "data or UTF-16/32 text (convert it to UTF-8)", key=key,
+                          text=_preview(raw.replace(b"\x00", b"")))
+        return Doc(key=key, text=decode(raw).strip(), where=where)
+
     line_no = 0
     try:
         with open_binary(path) as fh:
@@ -290,7 +299,7 @@ def read_text(path: Path, label: str, cfg: ExtractConfig, stats: Counter, *,
                                  f"{limit} bytes (unit='file'; use unit='paragraph' or "
                                  f"'line' for big files)", key=label)
                     return
-                yield Doc(key=label, text=decode(raw).strip(), where=label)
+                yield as_record(label, raw, label)
                 return
             para: list[bytes] = []
             para_size, para_idx, para_line = 0, 0, 1
@@ -305,7 +314,7 @@ def read_text(path: Path, label: str, cfg: ExtractConfig, stats: Counter, *,
                         yield Reject("too_large", f"{label} line {line_no}: {len(raw)} "
                                      f"bytes > max_record_bytes {limit}", key=key)
                         continue
-                    yield Doc(key=key, text=decode(raw).strip(), where=f"{label} line {line_no}")
+                    yield as_record(key, raw, f"{label} line {line_no}")
                     continue
                 # paragraph: accumulate until a blank line
                 if raw.strip():
@@ -316,21 +325,20 @@ def read_text(path: Path, label: str, cfg: ExtractConfig, stats: Counter, *,
                     para_size += len(raw)
                     continue
                 if para:
-                    yield _paragraph(para, para_size, para_idx, para_line, label, limit, decode)
+                    yield _paragraph(para, para_size, para_idx, para_line, label, limit, as_record)
                     para, para_size = [], 0
                     para_idx += 1
             if para:
-                yield _paragraph(para, para_size, para_idx, para_line, label, limit, decode)
+                yield _paragraph(para, para_size, para_idx, para_line, label, limit, as_record)
     except READ_ERRORS as e:
         yield Reject("file_truncated" if isinstance(e, (EOFError, zlib.error)) else
                      "unreadable_file",
                      f"{label}: cannot read past line {line_no}: {type(e).__name__}: {e}")
 
 
-def _paragraph(lines, size, idx, first_line, label, limit, decode) -> Record:
+def _paragraph(lines, size, idx, first_line, label, limit, as_record) -> Record:
     key = f"{label}:p{idx}"
     if size > limit:
         return Reject("too_large", f"{label} paragraph {idx} (line {first_line}): {size} "
                       f"bytes > max_record_bytes {limit}", key=key)
-    return Doc(key=key, text=decode(b"".join(lines)).strip(),
-               where=f"{label} paragraph {idx} (line {first_line})")
+    return as_record(key, b"".join(lines), f"{label} paragraph {idx} (line {first_line})")

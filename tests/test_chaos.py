@@ -1,0 +1,68 @@
+"""The chaos mechanism on a tiny pipeline: SIGKILL right after a commit, during training
+(which resumes) and during evaluation; after every kill every artifact verifies; the final
+identities are the statically computed ones and every metric equals an uninterrupted run's.
+The full 20-kill quickstart run is `make chaos` (bench/chaos.py)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.e2e_util import REPO
+from tests.tiny_pipeline import write_tiny_spec
+
+
+def _chaos():
+    sys.path.insert(0, str(REPO / "bench"))
+    import chaos
+    return chaos
+
+
+def test_moments_are_seeded_in_pipeline_order_with_commit_kills():
+    chaos = _chaos()
+    m = chaos.moments(chaos.STAGE_ORDER, 20, seed=0)
+    assert m == chaos.moments(chaos.STAGE_ORDER, 20, seed=0) != chaos.moments(chaos.STAGE_ORDER, 20, seed=1)
+    targets = [t for t, _ in m]
+    assert targets.count("commit") == 5
+    order = [chaos.STAGE_ORDER.index(t) for t in targets if t != "commit"]
+    assert order == sorted(order) and set(targets) - {"commit"} == set(chaos.STAGE_ORDER)
+    assert all(0 <= d <= 3 for _, d in m)
+
+
+def test_integrity_and_metric_comparison_catch_violations(tmp_path):
+    from pipeline.store import ArtifactStore, compute_identity
+    chaos = _chaos()
+    store = ArtifactStore(tmp_path)
+    ident = compute_identity("dedup", "1", {}, {})
+    p = store.begin("dedup", "d", ident, resumable=False)
+    (p.partial / "x.bin").write_bytes(b"abc")
+    art = p.commit(config={}, inputs={}, metrics={"docs_out": 5, "seconds_total": 1.0},
+                   extra={"key": "dedup"})
+    assert chaos.integrity(tmp_path) == []
+    got = chaos.final_state(tmp_path)
+    assert chaos.compare_metrics({"dedup": ident}, got, got) == []
+    want = {"dedup": {ident: {"docs_out": 6, "seconds_total": 9.0}}}
+    assert chaos.compare_metrics({"dedup": ident}, got, want) == ["dedup.docs_out: 5 after kills vs 6 uninterrupted"]
+    assert "not committed" in chaos.compare_metrics({"dedup": "f" * 64}, got, want)[0]
+    (art.dir / "x.bin").write_bytes(b"abd")                 # same size, other content
+    assert "SHA-256 differs" in chaos.integrity(tmp_path)[0]
+
+
+@pytest.mark.slow
+def test_three_kills_then_identical_results(tmp_path):
+    chaos = _chaos()
+    spec = write_tiny_spec(tmp_path / "spec", name="chaos")
+    lines = []
+
+    def log(msg):
+        lines.append(msg)
+        print(msg, flush=True)          # shown by pytest on a failure
+    report = chaos.chaos(str(spec), [], tmp_path / "chaos", tmp_path / "baseline", kills=3, seed=0,
+                         timeout=1200, log=log,
+                         at=[("commit", 0.0), ("train", 0.5), ("evaluate", 0.0)])
+    assert report["violations"] == [], "\n".join(lines + report["violations"])
+    assert report["killed"] >= 2, lines            # the moments really came (not finished first)
+    whats = [k["what"] for k in report["kills"]]
+    assert any("right after committing" in w for w in whats), whats
+    assert report["stages_compared"] == 9
