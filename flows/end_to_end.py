@@ -88,12 +88,17 @@ def stage_task(run_key: str, node_key: str, upstream: dict[str, Artifact]) -> Ar
 
 @flow(name="end_to_end", log_prints=True)
 def end_to_end(config: str, overrides: list[str] | None = None,
-               workdir: str | None = None) -> dict[str, dict]:
-    """Run the whole pipeline described by the YAML spec at ``config``."""
+               workdir: str | None = None, parent_run_id: str | None = None,
+               tags: dict[str, str] | None = None) -> dict[str, dict]:
+    """Run the whole pipeline described by the YAML spec at ``config``.
+
+    As a sweep trial (a subflow of ``sweep``): ``parent_run_id`` nests the MLflow run under
+    the sweep's run and ``tags`` mark it (``forgeflow.sweep_id``, ``forgeflow.trial``)."""
     logger = get_run_logger()
     spec = load_spec(config, overrides or [])
     plan = build_plan(spec)
-    env = RunEnv.start(spec, workdir, tags={"forgeflow.config": str(Path(config).resolve())})
+    env = RunEnv.start(spec, workdir, tags={"forgeflow.config": str(Path(config).resolve()),
+                                            **(tags or {})}, parent_run_id=parent_run_id)
     from prefect.runtime import flow_run
     run_key = str(flow_run.get_id())
     with _LOCK:
