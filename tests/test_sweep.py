@@ -184,3 +184,22 @@ def test_compare_lists_every_trial_and_marks_the_best(tmp_path):
     plots = make_plots(comp, tmp_path / "plots")
     assert {p.name for p in plots} == {"metric_vs_weight.png", "bpb_per_trial.png"}
     assert all(p.stat().st_size > 5000 for p in plots)
+
+
+def test_propose_fits_the_trials_and_respects_the_minimums(tmp_path):
+    """sweep.propose on finished trials whose metric is the planted quadratic: the proposed
+    mixture is near the optimum, above the minimums, valid as a trial spec."""
+    from pipeline.experiments.sweep import propose
+    cfg = small_spec(tmp_path, sweep={"dirichlet": {**DIRICHLET, "n": 10, "min_weight": 0.05},
+                                      "metric": "m", "propose": True})
+    plan = plan_sweep(cfg)
+    results = [{"trial": t.key, "values": t.values,
+                "metric": float(planted(np.array([[t.values["train.mixture"][s] for s in ("prose", "web", "code")]]))[0])}
+               for t in plan.trials]
+    model, values, predicted, loo = propose(plan, results)
+    mix = values["train.mixture"]
+    assert abs(sum(mix.values()) - 1) < 1e-9 and min(mix.values()) >= 0.05
+    assert np.abs(np.array([mix["prose"], mix["web"], mix["code"]]) - OPT).max() < 0.05, mix
+    assert set(loo) == {t.key for t in plan.trials} and model.spearman > 0.9
+    trial = plan.new_trial(values, "proposed", predicted)
+    assert trial.name == "tiny-t10" and plan.trial_spec(trial).train.mixture == mix
