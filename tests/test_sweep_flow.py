@@ -28,7 +28,7 @@ from prefect.client.orchestration import get_client
 async def main():
     async with get_client() as c:
         flows = await c.read_flow_runs(limit=100)
-        tasks = await c.read_task_runs(limit=500)
+        tasks = await c.read_task_runs(limit=200)
         print(json.dumps({
             "flows": [{"id": str(f.id), "name": f.name, "state": f.state.name,
                        "flow": (await c.read_flow(f.flow_id)).name,
