@@ -2,6 +2,8 @@
 
     forgeflow run CONFIG [key=value ...] [--workdir DIR]   run the pipeline (Prefect flow)
     forgeflow validate CONFIG [key=value ...]               check the spec, print the plan
+    forgeflow sweep CONFIG [key=value ...] [--workdir DIR]  run the spec's sweep: trials as subflows
+    forgeflow compare SWEEP|EXPERIMENT|RUN... [--csv F]     varied params vs metrics, best marked
     forgeflow schema                                        JSON Schema of the spec
     forgeflow inspect ARTIFACT|STAGE [--reason R] [-n N]    removed documents by reason
     forgeflow artifacts [--workdir DIR]                     committed artifacts and their lineage
@@ -38,6 +40,9 @@ def prefect_env(workdir: Path) -> None:
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
         os.environ["PREFECT_HOME"] = str(workdir / "prefect")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the temporary server starts in 5-10s on an idle machine; Prefect's 20s default fails
+    # when runs start together on a busy one (a sweep and a run sharing a workdir)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -105,6 +110,63 @@ def cmd_run(args) -> int:
             print(f"  {k:<40} {v:.4f}")
     print(f"\nLook around:  forgeflow ui --workdir {workdir}"
           f"\n              forgeflow inspect filter --workdir {workdir}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from pipeline.experiments.compare import format_table, load_sweep
+    from pipeline.experiments.sweep import plan_sweep
+    from pipeline.spec import SpecError
+    try:
+        plan = plan_sweep(args.config, args.overrides)     # every trial spec validated here
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    workdir = _workdir(args, plan.spec)
+    workdir.mkdir(parents=True, exist_ok=True)
+    prefect_env(workdir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    print(f"sweep {plan.name}: {len(plan.trials)} trial(s){' + 1 proposed' if plan.sweep.propose else ''}, "
+          f"{plan.max_parallel} at a time, varying {', '.join(plan.varied)}")
+    from flows.sweep import run_sweep
+    from pipeline.tracking import resolve_tracking_uri
+
+    t0 = time.time()
+    out = run_sweep(str(args.config), args.overrides, str(workdir))
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(resolve_tracking_uri(plan.spec.run.tracking_uri, workdir))
+    print()
+    print(format_table(load_sweep(client, out["sweep_id"])))
+    print(f"\nforgeflow: sweep {plan.name} ({len(out['trials'])} trials) in {time.time() - t0:.0f}s; "
+          f"best {out['best']}; sweep id {out['sweep_id']}"
+          f"\n  forgeflow compare {out['sweep_id']} --workdir {workdir} [--csv F] [--markdown F]")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.experiments.compare import format_table, make_plots, resolve
+    from pipeline.tracking import resolve_tracking_uri
+    workdir = _workdir(args)
+    client = MlflowClient(resolve_tracking_uri(None, workdir))
+    try:
+        comp = resolve(client, args.targets, metric=args.metric, direction=args.direction)
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(comp))
+    for fmt, dest in (("csv", args.csv), ("markdown", args.markdown)):
+        if dest:
+            text = format_table(comp, fmt)
+            if dest == "-":
+                print(text)
+            else:
+                Path(dest).write_text(text + ("" if text.endswith("\n") else "\n"))
+                print(f"wrote {fmt} to {dest}")
+    if args.plots:
+        for p in make_plots(comp, Path(args.plots)):
+            print(f"plot {p}")
     return 0
 
 
@@ -260,6 +322,19 @@ def main(argv: list[str] | None = None) -> int:
     with_config(p)
     p.add_argument("--json", action="store_true", help="print the plan with identities as JSON")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("sweep", help="run the spec's sweep: every trial a subflow, shared upstream")
+    with_config(p)
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("compare", help="compare a sweep's trials, an experiment's runs or given runs")
+    p.add_argument("targets", nargs="+", help="a sweep id (its MLflow run id), a sweep name, "
+                                              "an MLflow experiment name, or run ids")
+    p.add_argument("--workdir", help="whose MLflow store to read (MLFLOW_TRACKING_URI wins)")
+    p.add_argument("--metric", help="metric for runs that are not a sweep (default: first bpb.*)")
+    p.add_argument("--direction", choices=["minimize", "maximize"], default="minimize")
+    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV ('-' = stdout)")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown ('-' = stdout)")
+    p.add_argument("--plots", metavar="DIR", help="write the comparison plots here")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("schema", help="print the JSON Schema of the spec")
     p.set_defaults(func=cmd_schema)
     p = sub.add_parser("inspect", help="show removed documents by reason")

@@ -109,8 +109,12 @@ def prefect_flow_run_url(flow_run_id: str) -> str:
 
 @flow(name="end_to_end", log_prints=True, flow_run_name=_flow_run_name)
 def end_to_end(config: str, overrides: list[str] | None = None,
-               workdir: str | None = None) -> dict[str, dict]:
-    """Run the whole pipeline described by the YAML spec at ``config``."""
+               workdir: str | None = None, parent_run_id: str | None = None,
+               tags: dict[str, str] | None = None) -> dict[str, dict]:
+    """Run the whole pipeline described by the YAML spec at ``config``.
+
+    As a sweep trial (a subflow of ``sweep``): ``parent_run_id`` nests the MLflow run under
+    the sweep's run and ``tags`` mark it (``forgeflow.sweep_id``, ``forgeflow.trial``)."""
     logger = get_run_logger()
     spec = load_spec(config, overrides or [])
     plan = build_plan(spec)
@@ -119,7 +123,8 @@ def end_to_end(config: str, overrides: list[str] | None = None,
     env = RunEnv.start(spec, workdir, name=flow_run.get_name(),
                        tags={"forgeflow.config": str(Path(config).resolve()),
                              "forgeflow.prefect_flow_run_id": run_key,
-                             "forgeflow.prefect_flow_run_url": prefect_flow_run_url(run_key)})
+                             "forgeflow.prefect_flow_run_url": prefect_flow_run_url(run_key),
+                             **(tags or {})}, parent_run_id=parent_run_id)
     create_markdown_artifact(
         f"### {flow_run.get_name()}\n- MLflow parent run: [{env.parent_run_id[:8]}]"
         f"({env.run_url(env.parent_run_id)})\n- MLflow experiment (runs table): "

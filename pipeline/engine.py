@@ -9,6 +9,7 @@ of Parquet files (``<artifact>/data/*.parquet``, rejected rows in
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,6 +24,7 @@ DOC_SCHEMA = pa.schema([
 ])
 
 _RAY_SETTINGS: dict = {"num_cpus": None, "address": None}
+_RAY_INIT = threading.Lock()
 
 
 def configure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
@@ -36,6 +38,13 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None):
 
     if ray.is_initialized():
         return ray
+    with _RAY_INIT:            # sweep trials in threads reach their first stage together
+        if not ray.is_initialized():
+            _init_ray(ray, num_cpus, address)
+    return ray
+
+
+def _init_ray(ray, num_cpus: int | None, address: str | None) -> None:
     address = address or _RAY_SETTINGS["address"] or os.environ.get("RAY_ADDRESS") or None
     num_cpus = num_cpus or _RAY_SETTINGS["num_cpus"]
     # Workers must import `pipeline` from this checkout even without an install.
@@ -49,12 +58,20 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None):
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        for attempt in range(3):
+            try:
+                ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+                break
+            except Exception as exc:
+                # Ray gives a local raylet a fixed 30s to register; on an overloaded
+                # machine it can miss that once (seen with many runs sharing 2 cores)
+                if "timed out during startup" not in str(exc) or attempt == 2:
+                    raise
+                ray.shutdown()
     import ray.data
     dctx = ray.data.DataContext.get_current()
     dctx.execution_options.preserve_order = True   # deterministic outputs
     dctx.enable_progress_bars = False
-    return ray
 
 
 def parquet_files(dataset_dir: Path, sub: str = "data") -> list[str]:

@@ -38,9 +38,11 @@ class RunEnv:
 
     @classmethod
     def start(cls, spec: PipelineSpec, workdir: Path | str | None = None,
-              tags: dict[str, str] | None = None, name: str | None = None) -> "RunEnv":
+              tags: dict[str, str] | None = None, name: str | None = None,
+              parent_run_id: str | None = None) -> "RunEnv":
         """``name``: the parent run's name (default: spec name + start time, the name
-        the Prefect flow run gets too)."""
+        the Prefect flow run gets too). ``parent_run_id``: nest this run's MLflow parent
+        under another run (a sweep's)."""
         workdir = Path(workdir or spec.run.workdir).resolve()
         store = ArtifactStore(workdir)
         uri = resolve_tracking_uri(spec.run.tracking_uri, workdir)
@@ -52,7 +54,8 @@ class RunEnv:
             params[f"mix.{name}"] = weight
         parent = tracker.start_parent(name or run_name(spec.run.name), params,
                                       {"forgeflow.code_version": code_version(),
-                                       "forgeflow.workdir": str(workdir), **(tags or {})})
+                                       "forgeflow.workdir": str(workdir), **(tags or {})},
+                                      parent_id=parent_run_id)
         configure_ray(spec.run.num_cpus, spec.run.ray_address)
         log.info("MLflow tracking %s, parent run %s", redact(uri), parent)
         return cls(spec, workdir, store, tracker, parent, spec.run.mlflow_ui_url)
@@ -101,7 +104,11 @@ def execute(node: Node, inputs: dict[str, Artifact], env: RunEnv) -> Outcome:
     if existing is not None:
         return record_cached(node, existing, inputs, env)
 
-    pending = env.store.begin(node.stage, node.name, identity, node.resumable)
+    pending = env.store.begin(node.stage, node.name, identity, node.resumable,
+                              holder=f"run {env.spec.run.name} (MLflow run {env.parent_run_id})",
+                              timeout_s=env.spec.run.lock_timeout_s)
+    if isinstance(pending, Artifact):   # another run committed it while we waited for its lock
+        return record_cached(node, pending, inputs, env)
     child = env.tracker.start_stage(env.parent_run_id, node.key, node.stage, identity,
                                     {"forgeflow.cached": "false",
                                      "forgeflow.resumed": str(pending.resumed).lower()})

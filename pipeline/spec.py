@@ -23,6 +23,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from pipeline.crawl.config import CrawlConfig, LocalSiteConfig
 from pipeline.dedup.config import DedupConfig
 from pipeline.evaluate.config import EvaluateConfig
+from pipeline.experiments.config import SweepConfig
 from pipeline.filters.config import FiltersConfig
 from pipeline.ingest.config import ExtractConfig
 from pipeline.secrets import has_credentials, redact
@@ -44,7 +45,8 @@ class RunConfig(Model):
     """Run-wide settings. Only ``seed`` changes outputs; the rest are resources."""
 
     _resource_fields = frozenset({"name", "workdir", "num_cpus", "ray_address",
-                                  "experiment", "tracking_uri", "show_progress", "mlflow_ui_url"})
+                                  "experiment", "tracking_uri", "show_progress", "mlflow_ui_url",
+                                  "lock_timeout_s"})
 
     name: str = Field("forgeflow", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 1234
@@ -57,6 +59,9 @@ class RunConfig(Model):
                           "default sqlite:///<workdir>/mlflow.db. No credentials here.")
     mlflow_ui_url: str = "http://127.0.0.1:5000"
     show_progress: bool = True
+    lock_timeout_s: float = Field(
+        6 * 3600.0, gt=0, description="how long to wait for a stage another run is writing "
+                                      "in the same workdir before giving up")
 
     @field_validator("tracking_uri")
     @classmethod
@@ -112,6 +117,8 @@ class PipelineSpec(Model):
     train: TrainConfig = TrainConfig()
     continual: ContinualConfig = Field(default_factory=lambda: ContinualConfig(enabled=False))
     evaluate: EvaluateConfig = EvaluateConfig()
+    sweep: SweepConfig | None = Field(None, description="forgeflow sweep: trials over spec paths "
+                                                        "and mixtures (ignored by forgeflow run)")
 
     # where the YAML lives: relative paths in the spec resolve against it
     _base_dir: str = PrivateAttr(".")

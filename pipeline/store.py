@@ -6,7 +6,8 @@ resources are not part of it. Output lives at ``<workdir>/<stage>/<name>-<id12>/
 
 Commit protocol (what makes a killed run safe):
 1. the stage writes into ``<workdir>/<stage>/.partial-<name>-<id12>/`` (under an
-   exclusive lock, so two runs never write the same artifact);
+   exclusive lock, so two runs never write the same artifact: the second one waits, then
+   finds the first one's committed artifact and uses it);
 2. ``manifest.json`` is written last, inside the partial directory, and fsynced;
 3. the partial directory is renamed to its final name (atomic on one filesystem).
 An artifact is complete iff its final directory holds ``manifest.json``; a partial
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,8 +45,13 @@ QUARANTINE = ".quarantine"
 RUNS_LOG = "runs.jsonl"          # one line per pipeline run: the identities it uses
 RUN_GUARD = ".runs.lock"         # shared-locked by every live run, exclusively by gc
 DIGEST_KEY = "manifest_digest"
+DEFAULT_LOCK_TIMEOUT_S = 6 * 3600.0     # a waiter outlasts any one stage of a normal run
 
 log = logging.getLogger("forgeflow")
+
+
+class LockTimeout(RuntimeError):
+    """Another run held an artifact's write lock for longer than the wait allowed."""
 
 
 def canonical_json(data: Any) -> str:
@@ -313,22 +320,36 @@ class ArtifactStore:
         return report
 
     # ---- writing ---------------------------------------------------------------------
-    def begin(self, stage: str, name: str, identity: str, resumable: bool) -> "PendingArtifact":
+    def begin(self, stage: str, name: str, identity: str, resumable: bool, *,
+              holder: str = "", timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+              message_every_s: float = 30.0) -> "PendingArtifact | Artifact":
+        """Take the artifact's write lock and open its partial directory.
+
+        A stage another run is writing is waited for (up to ``timeout_s``, logging every
+        ``message_every_s`` who holds the lock); once the lock is ours the store is looked
+        at again, and an artifact the other run committed meanwhile is returned as it is
+        (a cache hit: never recomputed). ``holder`` (e.g. the run name and MLflow run id)
+        is written into the lock file so a waiter can say who it waits for."""
         partial = self.partial_dir(stage, name, identity)
         partial.parent.mkdir(parents=True, exist_ok=True)
         lock_path = partial.parent / f".lock-{name}-{identity[:12]}"
-        lock = open(lock_path, "w")
+        lock = _acquire(lock_path, f"{stage}/{name}-{identity[:12]}", timeout_s, message_every_s)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise RuntimeError(f"another run is writing {stage}/{name}-{identity[:12]} "
-                               f"(lock {lock_path}); wait for it or remove the stale process") from None
-        resumed = partial.exists() and any(partial.iterdir())
-        if partial.exists() and not resumable:
-            shutil.rmtree(partial)
-            resumed = False
-        partial.mkdir(parents=True, exist_ok=True)
+            committed = self.lookup(stage, name, identity)
+            if committed is not None:          # the run we waited for committed it
+                _unlock(lock)
+                log.info("%s/%s-%s: committed by the run that held the lock; using it",
+                         stage, name, identity[:12])
+                return committed
+            _write_holder(lock, holder)
+            resumed = partial.exists() and any(partial.iterdir())
+            if partial.exists() and not resumable:
+                shutil.rmtree(partial)
+                resumed = False
+            partial.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            _unlock(lock)
+            raise
         return PendingArtifact(self, stage, name, identity, partial, lock, lock_path, resumed)
 
 
@@ -367,6 +388,13 @@ class PendingArtifact:
             os.fsync(f.fileno())
         os.replace(tmp, self.partial / MANIFEST)
         final = self.store.final_dir(self.stage, self.name, self.identity)
+        if (final / MANIFEST).is_file():
+            # Committed by a writer that did not hold the lock (an older forgeflow, or a
+            # copy): a committed artifact is never deleted; ours is dropped instead.
+            shutil.rmtree(self.partial)
+            self.release()
+            log.warning("%s: already committed; keeping it and dropping this run's copy", final)
+            return self.store.lookup(self.stage, self.name, self.identity)
         if final.exists():               # an incomplete leftover (no manifest) — replace it
             shutil.rmtree(final)
         os.rename(self.partial, final)
@@ -376,8 +404,7 @@ class PendingArtifact:
 
     def release(self) -> None:
         if self.lock is not None:
-            fcntl.flock(self.lock, fcntl.LOCK_UN)
-            self.lock.close()
+            _unlock(self.lock)
             self.lock = None   # the lock file stays: unlinking it would race with a waiter
 
 
@@ -519,6 +546,64 @@ def _looks_like_artifact(d: Path) -> bool:
     """A stage directory entry named <name>-<id12> (hex)."""
     tail = d.name.rsplit("-", 1)[-1]
     return len(tail) == 12 and all(c in "0123456789abcdef" for c in tail)
+
+
+def holder_of(lock_path: Path) -> str:
+    """Who holds (or last held) a lock: 'pid P on HOST, RUN, since T' from the lock file."""
+    try:
+        info = json.loads(Path(lock_path).read_text() or "{}")
+    except (OSError, ValueError):
+        return "unknown holder"
+    if not info:
+        return "unknown holder"
+    since = time.strftime("%H:%M:%S", time.localtime(info.get("since", 0)))
+    run = f", {info['run']}" if info.get("run") else ""
+    return f"pid {info.get('pid')} on {info.get('host')}{run}, since {since}"
+
+
+def _acquire(lock_path: Path, what: str, timeout_s: float, message_every_s: float):
+    """An exclusive flock on ``lock_path``, waiting up to ``timeout_s`` (polling, so the
+    wait can time out and say who holds the lock). The file is opened without
+    truncation: the holder's name in it must survive a waiter opening it."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = os.fdopen(fd, "r+")
+    t0 = time.monotonic()
+    next_msg = t0 + min(message_every_s, 2.0)     # the first message comes early
+    delay = 0.05
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = time.monotonic() - t0
+            if waited > 1.0:
+                log.info("%s: lock taken after waiting %.0fs", what, waited)
+            return lock
+        except BlockingIOError:
+            pass
+        now = time.monotonic()
+        if now - t0 >= timeout_s:
+            holder = holder_of(lock_path)
+            lock.close()
+            raise LockTimeout(f"another run is writing {what} ({holder}); gave up after "
+                              f"{timeout_s:.0f}s (run.lock_timeout_s); lock {lock_path}")
+        if now >= next_msg:
+            log.info("%s: waiting for another run writing it (%s), %.0fs so far",
+                     what, holder_of(lock_path), now - t0)
+            next_msg = now + message_every_s
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def _write_holder(lock, holder: str) -> None:
+    lock.seek(0)
+    lock.truncate()
+    lock.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "run": holder, "since": time.time()}))
+    lock.flush()
+
+
+def _unlock(lock) -> None:
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    lock.close()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,10 +9,12 @@ digest is the artifact identity.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +91,33 @@ def credentials_to_env(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=host))
 
 
+@contextmanager
+def _sqlite_init_lock(uri: str):
+    """Runs that start together on a fresh SQLite store (two runs or sweep trials sharing
+    a workdir) would race in MLflow's table migrations: the first use of the store is
+    serialised by a lock file beside the database."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init-lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Tracker:
     """A thin layer over MlflowClient for one pipeline run."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None):
         tracking_uri = credentials_to_env(tracking_uri)
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
+        with _sqlite_init_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri)   # creates the tables
+            exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = artifact_root.resolve().as_uri() if artifact_root else None
             try:
@@ -134,9 +155,14 @@ class Tracker:
         return experiment_url(ui_url, self.experiment_id)
 
     # ---- runs --------------------------------------------------------------------------
-    def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    def start_parent(self, name: str, params: dict[str, Any], tags: dict[str, str],
+                     parent_id: str | None = None, kind: str = "pipeline") -> str:
+        """A pipeline run (or a sweep run: ``kind="sweep"``), nested under ``parent_id``
+        when given (a sweep's trials are pipeline runs nested under the sweep run)."""
+        nested = {MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {}
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags=_clean_tags({MLFLOW_RUN_NAME: name, "forgeflow.kind": "pipeline", **tags}))
+                                     tags=_clean_tags({MLFLOW_RUN_NAME: name, "forgeflow.kind": kind,
+                                                       **nested, **tags}))
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -205,7 +231,18 @@ class StageRun:
                      source=json.dumps({"uri": Path(path).resolve().as_uri()}),
                      schema=json.dumps(schema) if schema else None,
                      profile=json.dumps(profile) if profile else None)
-        self.client.log_inputs(self.run_id, [DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])]
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, inputs)
+                return
+            except Exception as exc:
+                # Two runs of one experiment logging the same dataset at once (sweep trials
+                # sharing an artifact) race on MLflow's unique (name, digest) row: the loser's
+                # retry finds the winner's row and links it.
+                if ("UNIQUE constraint" not in str(exc) and "IntegrityError" not in str(exc)) or attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
