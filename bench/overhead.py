@@ -57,6 +57,7 @@ def run_cli(code: Path, workdir: Path, cache: Path, overrides: list[str], log: P
     env.update(PYTHONPATH=str(code), FORGEFLOW_CACHE_DIR=str(cache),
                # a loaded machine must not fail the bench on Prefect's 20 s default
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
+    log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", CONFIG, *overrides,
