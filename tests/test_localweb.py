@@ -188,7 +188,7 @@ def test_crawl_outputs_are_the_same_from_the_cached_site(tmp_path, monkeypatch):
     monkeypatch.setenv("FORGEFLOW_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(localweb, "_SITES", {})
     cfg = CrawlConfig(seeds=["{local_site}/"], allow_loopback=True, per_host_delay_s=0.0,
-                      per_host_concurrency=8, timeout_s=2, max_pages=200)
+                      per_host_concurrency=8, timeout_s=60, max_pages=200)
     site_cfg = LocalSiteConfig(pages=40, seed=2, adversarial=False)
     logs = []
     for i in range(2):

@@ -1,6 +1,7 @@
 """Fixed costs: an all-cached run does no heavy work (issue 17).
 
-A tiny quickstart (60-page local web, 10 training steps) runs cold through the real CLI;
+A tiny quickstart (60-page local web, 10 training steps) runs cold through the real CLI
+(its Prefect store seeded from the user cache's migrated template);
 the same spec again, in a fresh interpreter, finds every stage cached and must not import
 torch, Ray, transformers or matplotlib (so it starts no Ray and no worker processes),
 while Prefect and MLflow still record all of it.
@@ -37,6 +38,10 @@ def test_all_cached_run_imports_nothing_heavy(tmp_path):
     args = ["run", CONFIG, *TINY, "--workdir", str(tmp_path)]
     cold = forgeflow(*args, workdir=tmp_path, timeout=1500)
     assert "0 cached" in cold.stdout
+    # the new workdir's Prefect store started from the migrated template in the user cache
+    from pipeline.store import user_cache_dir
+    assert list((user_cache_dir() / "prefect").glob("*/prefect.db"))
+    assert (tmp_path / "prefect" / "prefect.db").stat().st_size > 0
 
     proc = subprocess.run([sys.executable, "-c", CACHED_RUN, *args], cwd=REPO,
                           env=cli_env(tmp_path), capture_output=True, text=True, timeout=900)

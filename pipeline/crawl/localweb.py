@@ -51,6 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from pipeline.crawl.config import LocalSiteConfig
+from pipeline.store import user_cache_dir
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 _AST_LOCK = threading.Lock()
@@ -460,14 +461,6 @@ _SITES: dict[str, tuple[Path, dict]] = {}
 _SITES_LOCK = threading.Lock()
 
 
-def cache_dir() -> Path:
-    """forgeflow's per-user cache: ``$FORGEFLOW_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/forgeflow``, else ``~/.cache/forgeflow``."""
-    if os.environ.get("FORGEFLOW_CACHE_DIR"):
-        return Path(os.environ["FORGEFLOW_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "forgeflow"
-
-
 def site_key(cfg: LocalSiteConfig) -> str:
     """What the site's files depend on: the config (less server-only fields), the Python
     installation (version, stdlib and site-packages paths) and this generator's source."""
@@ -480,7 +473,7 @@ def site_key(cfg: LocalSiteConfig) -> str:
 
 def cached_site(cfg: LocalSiteConfig) -> tuple[Path, dict, bool]:
     """``(site_dir, info, built)`` for ``cfg``: from this process's memory, else from the
-    on-disk cache (``cache_dir()/localweb/<key>/``), else built into it (atomically:
+    on-disk cache (``user_cache_dir()/localweb/<key>/``), else built into it (atomically:
     built in a temporary sibling, renamed into place, under a file lock so concurrent
     processes build it once). ``site_dir`` is shared: treat it as read-only. When the
     cache directory cannot be written the site is built into a temporary directory."""
@@ -489,7 +482,7 @@ def cached_site(cfg: LocalSiteConfig) -> tuple[Path, dict, bool]:
         hit = _SITES.get(key)
         if hit is not None and (hit[0].parent / "info.json").exists():
             return hit[0], hit[1], False
-        root = cache_dir() / "localweb" / key
+        root = user_cache_dir() / "localweb" / key
         try:
             root.parent.mkdir(parents=True, exist_ok=True)
             lock = open(root.parent / f"{key}.lock", "a")
