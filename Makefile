@@ -12,8 +12,17 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade "pip>=24"
 
 # Installs the locked versions (constraints.txt) plus the package in editable mode.
+# torch comes first through pip, which finds a machine's local CPU wheel (pip's
+# find-links); the rest goes through uv (several times faster than pip at resolving and
+# unpacking ~190 pinned packages), with pip as the fallback where uv cannot be installed
+# or cannot reach an index. INSTALLER=pip skips uv.
+INSTALLER ?= uv
+UV_VERSION ?= 0.13.9
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt torch
+	@if [ "$(INSTALLER)" = uv ] && $(BIN)/pip install -q "uv==$(UV_VERSION)" \
+	    && $(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e ".[dev]"; then :; \
+	else echo "installing with pip"; $(BIN)/pip install -q -c constraints.txt -e ".[dev]"; fi
 	touch $@
 
 install: $(VENV)/.installed

@@ -39,12 +39,74 @@ def prefect_env(workdir: Path) -> None:
     A PREFECT_API_URL (a running server) or an explicit PREFECT_HOME wins."""
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
         os.environ["PREFECT_HOME"] = str(workdir / "prefect")
+    if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL"):
+        seed_prefect_db(Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # the temporary server starts in 5-10s on an idle machine; Prefect's 20s default fails
-    # when runs start together on a busy one (a sweep and a run sharing a workdir)
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # Prefect's 20 s default for its ephemeral API server to come up fails whole runs on
+    # a loaded machine (seen: 2 cores, load 40); a healthy start takes a few seconds.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# Builds a migrated Prefect database with its block types registered (what the ephemeral
+# server does to an empty database on its first start) and writes a clean copy to argv[1].
+_PREFECT_TEMPLATE = r"""
+import asyncio, sqlite3, sys
+import prefect.plugins
+from prefect.server.database import provide_database_interface
+from prefect.server.models.block_registration import run_block_auto_registration
+
+async def main():
+    db = provide_database_interface()
+    await db.create_db()
+    prefect.plugins.load_prefect_collections()
+    async with await db.session() as session:
+        await run_block_auto_registration(session=session)
+        await session.commit()
+
+asyncio.run(main())
+from prefect.settings import PREFECT_HOME
+sqlite3.connect(str(PREFECT_HOME.value() / "prefect.db")).execute("VACUUM INTO ?", (sys.argv[1],))
+"""
+
+
+def seed_prefect_db(home: Path) -> None:
+    """Start a new workdir's Prefect store from a template database.
+
+    On an empty database the ephemeral API server runs every Alembic migration and
+    registers Prefect's block types before the flow can start (~10 CPU-seconds, on every
+    fresh workdir: each cold run, each test). The result depends only on the Prefect
+    installation, so it is built once into the user cache and copied; a template that
+    cannot be built is skipped (Prefect then migrates as before)."""
+    import hashlib
+    import shutil
+    import tempfile
+    from importlib.metadata import distributions
+
+    db = home / "prefect.db"
+    if db.exists():
+        return
+    from pipeline.store import user_cache_dir
+    versions = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions()
+                      if (d.metadata["Name"] or "").lower().startswith("prefect"))
+    key = hashlib.sha256("\n".join([sys.prefix, *versions]).encode()).hexdigest()[:16]
+    template = user_cache_dir() / "prefect" / key / "prefect.db"
+    try:
+        if not template.exists():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=template.parent) as tmp:
+                env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+                env.update(PREFECT_HOME=tmp, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+                subprocess.run([sys.executable, "-c", _PREFECT_TEMPLATE, f"{tmp}/template.db"],
+                               env=env, check=True, capture_output=True, timeout=600)
+                os.replace(f"{tmp}/template.db", template)
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, f"{db}.tmp")
+        os.replace(f"{db}.tmp", db)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logging.getLogger("forgeflow").warning("no Prefect template database (%s); the "
+                                               "Prefect server migrates a new one", exc)
 
 
 def _load(args):

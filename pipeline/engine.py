@@ -32,6 +32,12 @@ def configure_ray(num_cpus: int | None = None, address: str | None = None) -> No
     _RAY_SETTINGS.update(num_cpus=num_cpus, address=address)
 
 
+def ray_address() -> str | None:
+    """The Ray cluster to use (the spec's ``run.ray_address``, else ``RAY_ADDRESS``);
+    None = a local Ray started on demand."""
+    return _RAY_SETTINGS["address"] or os.environ.get("RAY_ADDRESS") or None
+
+
 def ensure_ray(num_cpus: int | None = None, address: str | None = None):
     """Start (or connect to) Ray once per process and return the ``ray`` module."""
     import ray
@@ -45,7 +51,7 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None):
 
 
 def _init_ray(ray, num_cpus: int | None, address: str | None) -> None:
-    address = address or _RAY_SETTINGS["address"] or os.environ.get("RAY_ADDRESS") or None
+    address = address or ray_address()
     num_cpus = num_cpus or _RAY_SETTINGS["num_cpus"]
     # Workers must import `pipeline` from this checkout even without an install.
     repo_root = str(Path(__file__).resolve().parent.parent)

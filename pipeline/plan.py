@@ -14,6 +14,7 @@ The DAG for a spec with sources A (crawl) and B (files):
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -55,15 +56,28 @@ class Node:
     description: str = ""
 
 
+def _entry(module: str, name: str) -> Callable:
+    """The stage entry point ``module.name``, imported on its first call."""
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
 def build_plan(spec: PipelineSpec) -> list[Node]:
     """Nodes in a topological order."""
-    from pipeline.crawl.stage import run_crawl
-    from pipeline.dedup.stage import run_dedup
-    from pipeline.evaluate.stage import run_evaluate
     from pipeline.filters import stage as filters_stage
-    from pipeline.ingest.stage import run_ingest
-    from pipeline.tokenize.stage import run_tokenize, run_train_tokenizer
-    from pipeline.train.stage import run_continual, run_pretrain
+
+    # Stage modules are imported when their stage runs: planning and an all-cached run
+    # never import torch, Ray or the crawler.
+    run_crawl = _entry("pipeline.crawl.stage", "run_crawl")
+    run_dedup = _entry("pipeline.dedup.stage", "run_dedup")
+    run_evaluate = _entry("pipeline.evaluate.stage", "run_evaluate")
+    run_ingest = _entry("pipeline.ingest.stage", "run_ingest")
+    run_tokenize = _entry("pipeline.tokenize.stage", "run_tokenize")
+    run_train_tokenizer = _entry("pipeline.tokenize.stage", "run_train_tokenizer")
+    run_pretrain = _entry("pipeline.train.stage", "run_pretrain")
+    run_continual = _entry("pipeline.train.stage", "run_continual")
 
     seed = spec.run.seed
     nodes: list[Node] = []

@@ -79,12 +79,14 @@ class StageContext:
         if self.tracker:
             self.tracker.log_artifact(Path(path), subdir)
 
-    def figure(self, fig, filename: str) -> Path:
-        """Save a matplotlib figure to ``out_dir/plots/filename`` and log it to MLflow."""
+    def figure(self, fig, filename: str, tight: bool = True) -> Path:
+        """Save a matplotlib figure to ``out_dir/plots/filename`` and log it to MLflow
+        (``tight=False`` skips the tight-bbox pass, a second draw, for figures that set
+        their own margins)."""
         plots = self.out_dir / "plots"
         plots.mkdir(parents=True, exist_ok=True)
         path = plots / filename
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        fig.savefig(path, dpi=110, **({"bbox_inches": "tight"} if tight else {}))
         try:
             import matplotlib.pyplot as plt
             plt.close(fig)

@@ -77,6 +77,15 @@ def files_digest(paths: list[Path]) -> dict[str, str]:
     return {Path(p).name + f"#{i}": file_digest(Path(p)) for i, p in enumerate(paths)}
 
 
+def user_cache_dir() -> Path:
+    """forgeflow's per-user cache of things derived from the installation, never from a
+    run's data (the local web, a migrated Prefect database): ``$FORGEFLOW_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/forgeflow``, else ``~/.cache/forgeflow``. Safe to delete."""
+    if os.environ.get("FORGEFLOW_CACHE_DIR"):
+        return Path(os.environ["FORGEFLOW_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "forgeflow"
+
+
 def code_version() -> str:
     """The package version plus the git commit when running from a checkout."""
     root = Path(pipeline.__file__).resolve().parent.parent

@@ -192,3 +192,28 @@ def test_config_surface():
     # batch size is a resource: not part of identity
     assert FiltersConfig(batch_size=7).identity_dict() == FiltersConfig().identity_dict()
     assert FiltersConfig(steps=[]).identity_dict() != FiltersConfig().identity_dict()
+
+
+def test_small_inputs_run_in_process_with_the_ray_output(ray_local, tmp_path, corpus, monkeypatch):
+    """Up to IN_PROCESS_MAX_DOCS documents the chain runs in the driver (no Ray Data
+    workers to start); the kept and rejected files, metrics and tables equal the Ray path's."""
+    from pipeline.filters import stage as filter_stage
+
+    dirs, _, _ = corpus
+    cfg = FiltersConfig(batch_size=3, rows_per_file=5)
+    def no_ray(*a, **k):
+        raise AssertionError("a small input must not use Ray")
+
+    monkeypatch.setattr(filter_stage, "ensure_ray", no_ray)
+    local = StageContext.for_testing(tmp_path / "local", num_cpus=2, show_progress=False)
+    m_local = run_filter(cfg, dirs, {}, local)
+    monkeypatch.undo()
+    monkeypatch.setattr(filter_stage, "IN_PROCESS_MAX_DOCS", 0)
+    ray_ctx = StageContext.for_testing(tmp_path / "ray", num_cpus=2, show_progress=False)
+    m_ray = run_filter(cfg, dirs, {}, ray_ctx)
+    assert m_local == m_ray and m_local["docs_in"] == 18
+    for sub in ("data", "rejected"):
+        a, b = parquet_files(tmp_path / "local", sub), parquet_files(tmp_path / "ray", sub)
+        assert [p.rsplit("/", 1)[1] for p in a] == [p.rsplit("/", 1)[1] for p in b]
+        assert all(pq.read_table(x).equals(pq.read_table(y)) for x, y in zip(a, b))
+    assert local.tables == ray_ctx.tables

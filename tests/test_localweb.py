@@ -153,3 +153,49 @@ def test_run_crawl_on_local_site(tmp_path):
     # calling again on a finished out_dir (a runner retry) does not crawl again
     again = run_crawl(cfg, "prose", ctx, site_cfg)
     assert again["already_complete"] == 1 and again["pages_fetched"] == summary["pages_fetched"]
+
+
+def test_cached_site_builds_once_and_equals_a_fresh_build(tmp_path, monkeypatch):
+    """The user cache holds the same files as a fresh build; later calls (this process or
+    another one, which reads the disk) do not build again; server-only fields share the
+    cached site, a content field does not."""
+    from pipeline.crawl import localweb
+
+    monkeypatch.setenv("FORGEFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(localweb, "_SITES", {})
+    cfg = LocalSiteConfig(pages=40, seed=5)
+    site, info, built = localweb.cached_site(cfg)
+    assert built and site.is_relative_to(tmp_path / "cache")
+    fresh = build_site(tmp_path / "fresh", cfg)
+    assert info["digest"] == fresh["digest"]
+    files = sorted(p.relative_to(site) for p in site.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "fresh") for p in (tmp_path / "fresh").rglob("*")
+                           if p.is_file())
+    assert all((site / f).read_bytes() == (tmp_path / "fresh" / f).read_bytes() for f in files)
+    assert localweb.cached_site(cfg)[2] is False                       # memory
+    monkeypatch.setattr(localweb, "_SITES", {})
+    again = localweb.cached_site(cfg.model_copy(update={"slow_delay_s": 0.1, "trickle_s": 1.0}))
+    assert again[0] == site and again[2] is False and again[1]["digest"] == info["digest"]  # disk
+    other = localweb.cached_site(cfg.model_copy(update={"pages": 41}))
+    assert other[2] is True and other[0] != site
+
+
+def test_crawl_outputs_are_the_same_from_the_cached_site(tmp_path, monkeypatch):
+    """A crawl served from the cached site fetches the same pages with the same bytes as one
+    that built its site (the first run); only the port in the URLs differs."""
+    from pipeline.crawl import localweb
+
+    monkeypatch.setenv("FORGEFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(localweb, "_SITES", {})
+    cfg = CrawlConfig(seeds=["{local_site}/"], allow_loopback=True, per_host_delay_s=0.0,
+                      per_host_concurrency=8, timeout_s=60, max_pages=200)
+    site_cfg = LocalSiteConfig(pages=40, seed=2, adversarial=False)
+    logs = []
+    for i in range(2):
+        ctx = StageContext.for_testing(tmp_path / f"out{i}", show_progress=False)
+        summary = run_crawl(cfg, "web", ctx, site_cfg)
+        assert summary["local_site_cached"] == i
+        rows = pq.read_table(tmp_path / f"out{i}" / "crawl_log.parquet").to_pylist()
+        logs.append(sorted((r["url"].split("/", 3)[-1], r["status"], r["reason"], r["bytes"],
+                            r["decoded_bytes"], r["depth"]) for r in rows))
+    assert logs[0] == logs[1] and len(logs[0]) >= 30

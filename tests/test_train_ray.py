@@ -97,3 +97,31 @@ def test_resume_on_a_different_worker_count(shards, tmp_path, ray_local):
     assert json.loads((out.out_dir / "checkpoint" / "meta.json").read_text())["world_size"] == 2
     np.testing.assert_allclose([r["loss"] for r in read_log(out.out_dir)],
                                [r["loss"] for r in read_log(ref.out_dir)], rtol=1e-4)
+
+
+def test_one_worker_runs_in_process_with_the_ray_losses(shards, tmp_path, ray_local):
+    """``num_workers: 1`` on a local Ray runs the loop in this process (no worker group to
+    start) and gives bit-for-bit the losses and weights of the same run on Ray Train."""
+    import torch.distributed as dist
+    from pipeline.tokenize.reader import open_shards
+    from pipeline.train import stage as train_stage
+
+    cfg = cfg_for(1)
+    assert train_stage.in_process(cfg) and not train_stage.in_process(cfg_for(2))
+    threads = torch.get_num_threads()
+    local = StageContext.for_testing(tmp_path / "local", show_progress=False)
+    m = run_pretrain(cfg, shards, local)
+    assert m["world_size"] == 1 and not dist.is_initialized()
+    assert torch.get_num_threads() == threads           # the process keeps its thread count
+
+    out = tmp_path / "ray"
+    mixture = resolve_mixture(cfg.mixture, open_shards(shards))
+    spec = loop_spec(cfg, shards, out, name="pretrain", mixture=mixture, schedule=cfg.schedule,
+                     steps=cfg.steps, show_progress=False)
+    train_stage._fit_ray(spec, cfg, 2)                  # the same run on a Ray Train worker
+    ray_log, local_log = read_log(out), read_log(local.out_dir)
+    assert [r["loss"] for r in ray_log] == [r["loss"] for r in local_log]
+    assert [r["grad_norm"] for r in ray_log] == [r["grad_norm"] for r in local_log]
+    a = load_file(str(out / "hf" / "model.safetensors"))
+    b = load_file(str(local.out_dir / "hf" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

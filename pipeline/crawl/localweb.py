@@ -22,22 +22,28 @@ endless redirect chain, slow-loris trickle, wrong/missing charset, malformed HTM
 invalid links, a link to 10.0.0.1, 500s and a flaky 503).
 
 ``build_site`` is a pure function of (config, Python installation): same seed and
-page count give byte-identical files and the same ``digest``.
+page count give byte-identical files and the same ``digest``. ``cached_site`` builds it
+once per (config, Python installation, generator code) into the user cache
+(``$FORGEFLOW_CACHE_DIR``, default ``~/.cache/forgeflow``) and serves every later crawl
+from there.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import html
 import json
+import os
 import random
 import re
 import shutil
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 import zlib
@@ -45,6 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from pipeline.crawl.config import LocalSiteConfig
+from pipeline.store import user_cache_dir
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 _AST_LOCK = threading.Lock()
@@ -442,6 +449,61 @@ def build_site(out_dir: Path, cfg: LocalSiteConfig) -> dict:
     return {"files": len(files), "html_pages": sum(p.endswith(".html") for p in files),
             "kinds": per_kind, "digest": digest.hexdigest(), "languages": sorted(langs),
             "build_s": round(time.perf_counter() - t0, 3), "paths": kinds, "texts": texts}
+
+
+# ---------------------------------------------------------------------------- cache
+# Building the quickstart's 600-page site parses ~700 stdlib modules (seconds of CPU,
+# serialised by _AST_LOCK), and three crawls of one run used to build it three times.
+# The site is a pure function of (config, Python installation, this file), so it is built
+# once into the user cache and reused by every crawl, run and test after that.
+_SERVER_ONLY = ("slow_delay_s", "trickle_s")     # server behaviour, not file content
+_SITES: dict[str, tuple[Path, dict]] = {}
+_SITES_LOCK = threading.Lock()
+
+
+def site_key(cfg: LocalSiteConfig) -> str:
+    """What the site's files depend on: the config (less server-only fields), the Python
+    installation (version, stdlib and site-packages paths) and this generator's source."""
+    payload = {"config": cfg.model_dump(mode="json", exclude=set(_SERVER_ONLY)),
+               "python": sys.version, "stdlib": str(STDLIB),
+               "purelib": sysconfig.get_paths()["purelib"],
+               "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def cached_site(cfg: LocalSiteConfig) -> tuple[Path, dict, bool]:
+    """``(site_dir, info, built)`` for ``cfg``: from this process's memory, else from the
+    on-disk cache (``user_cache_dir()/localweb/<key>/``), else built into it (atomically:
+    built in a temporary sibling, renamed into place, under a file lock so concurrent
+    processes build it once). ``site_dir`` is shared: treat it as read-only. When the
+    cache directory cannot be written the site is built into a temporary directory."""
+    key = site_key(cfg)[:20]
+    with _SITES_LOCK:
+        hit = _SITES.get(key)
+        if hit is not None and (hit[0].parent / "info.json").exists():
+            return hit[0], hit[1], False
+        root = user_cache_dir() / "localweb" / key
+        try:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(root.parent / f"{key}.lock", "a")
+        except OSError:
+            tmp = Path(tempfile.mkdtemp(prefix="forgeflow-localweb-"))
+            info = build_site(tmp / "site", cfg)
+            _SITES[key] = (tmp / "site", info)
+            return tmp / "site", info, True
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            built = not (root / "info.json").exists()
+            if built:
+                tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=root.parent))
+                info = build_site(tmp / "site", cfg)
+                (tmp / "info.json").write_text(json.dumps(info))     # written last: complete
+                shutil.rmtree(root, ignore_errors=True)
+                os.replace(tmp, root)
+            else:
+                info = json.loads((root / "info.json").read_text())
+        _SITES[key] = (root / "site", info)
+        return root / "site", info, built
 
 
 # ---------------------------------------------------------------------------- server

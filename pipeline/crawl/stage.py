@@ -15,8 +15,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import re
-import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,7 +23,7 @@ import pyarrow as pa
 
 from pipeline.crawl.config import CrawlConfig, LocalSiteConfig
 from pipeline.crawl.crawler import Crawler
-from pipeline.crawl.localweb import build_site, serve_site
+from pipeline.crawl.localweb import cached_site, serve_site
 from pipeline.crawl.warc import merge_log
 from pipeline.stage import StageContext
 
@@ -102,9 +100,9 @@ def run_crawl(cfg: CrawlConfig, source: str, ctx: StageContext,
               local_site: LocalSiteConfig | None = None) -> dict:
     """Crawl ``cfg.seeds`` into ``ctx.out_dir``; returns flat metrics (see ``summarize``).
 
-    With ``local_site`` the site is generated into a temporary directory (outside the
-    artifact), served on 127.0.0.1 for the duration of the crawl, and ``{local_site}``
-    in the spec is replaced by its URL. That needs ``allow_loopback: true``: the spec
+    With ``local_site`` the site is generated once into the user cache (outside the
+    artifact, see ``localweb.cached_site``), served on 127.0.0.1 for the duration of the
+    crawl, and ``{local_site}`` in the spec is replaced by its URL. That needs ``allow_loopback: true``: the spec
     must say so explicitly.
     """
     t0 = time.monotonic()
@@ -116,14 +114,14 @@ def run_crawl(cfg: CrawlConfig, source: str, ctx: StageContext,
             if not cfg.allow_loopback:
                 raise ValueError(f"crawl source {source!r}: a local_site is served on 127.0.0.1, "
                                  "so the crawl spec must set allow_loopback: true")
-            tmp = Path(tempfile.mkdtemp(prefix="forgeflow-localweb-"))
-            stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-            info = build_site(tmp / "site", local_site)
-            base = stack.enter_context(serve_site(tmp / "site", slow_delay_s=local_site.slow_delay_s,
+            t_site = time.perf_counter()
+            site_dir, info, built = cached_site(local_site)
+            base = stack.enter_context(serve_site(site_dir, slow_delay_s=local_site.slow_delay_s,
                                                   trickle_s=local_site.trickle_s))
             cfg = resolve_local_site(cfg, base)
             extra = {"local_site_files": info["files"], "local_site_html_pages": info["html_pages"],
-                     "local_site_build_s": info["build_s"]}
+                     "local_site_build_s": round(time.perf_counter() - t_site, 3),
+                     "local_site_cached": int(not built)}
             ctx.note(f"- local site: {info['html_pages']} HTML pages, digest `{info['digest'][:12]}`, "
                      f"served at {base}")
         elif _uses_placeholder(cfg):

@@ -8,7 +8,8 @@
 * ``filter_files(cfg)`` — user files the filter step reads itself (lists, model files).
 * ``run_filter(cfg, docs_dirs, models, ctx)`` — streams every source's documents through
   the chain on Ray Data (``map_batches`` over the Parquet files, as tasks fused with the
-  read; each worker process builds the chain and loads its models once), and writes kept rows to ``ctx.out_dir/data/`` and removed rows
+  read; each worker process builds the chain and loads its models once), or in this
+  process when there are at most ``IN_PROCESS_MAX_DOCS`` documents, and writes kept rows to ``ctx.out_dir/data/`` and removed rows
   (``reason``, ``detail``) to ``ctx.out_dir/rejected/`` as ``part-NNNNN.parquet``, in
   input order (sources sorted by name, files sorted), so outputs are deterministic.
 """
@@ -157,6 +158,29 @@ class _RollingWriter:
             self.writer.close()
 
 
+# Below this many documents the chain runs in this process on the chain built above: Ray
+# Data would start worker processes that each import the filters and load every model
+# (seconds) to do a second or two of work. Rows are filtered independently, so the output
+# is the same either way (tests/test_filters_stage.py checks).
+IN_PROCESS_MAX_DOCS = 2000
+
+
+def _filtered_batches(files: list[str], columns: list[str], cfg: FiltersConfig,
+                      models: dict[str, Path], chain: FilterChain, total: int):
+    """The chain's output batches over ``files`` in input order."""
+    if total <= IN_PROCESS_MAX_DOCS:
+        for f in files:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=cfg.batch_size, columns=columns):
+                yield chain.process(pa.Table.from_batches([batch]))
+        return
+    ray = ensure_ray()
+    ds = ray.data.read_parquet(files, columns=columns)
+    ds = ds.map_batches(_process_batch, batch_format="pyarrow", batch_size=cfg.batch_size,
+                        fn_kwargs={"cfg_json": cfg.model_dump_json(),
+                                   "models": {k: str(v) for k, v in models.items()}})
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
 def run_filter(cfg: FiltersConfig, docs_dirs: dict[str, Path], models: dict[str, Path], ctx) -> dict:
     missing = [k for k in required_models(cfg) if k not in models]
     if missing:
@@ -185,13 +209,8 @@ def run_filter(cfg: FiltersConfig, docs_dirs: dict[str, Path], models: dict[str,
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     progress = ctx.progress(total, "docs", desc=f"{ctx.name} filter")
     if files:
-        ray = ensure_ray()
-        ds = ray.data.read_parquet(files, columns=columns)
-        ds = ds.map_batches(_process_batch, batch_format="pyarrow", batch_size=cfg.batch_size,
-                            fn_kwargs={"cfg_json": cfg.model_dump_json(),
-                                       "models": {k: str(v) for k, v in models.items()}})
         kept_total = 0
-        for out in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for out in _filtered_batches(files, columns, cfg, models, chain, total):
             out = out.cast(out_schema) if out.schema != out_schema else out
             report.add(out)
             removed = out.column("reason").is_valid()

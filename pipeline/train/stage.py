@@ -1,8 +1,8 @@
 """Stage entry points: ``run_pretrain`` and ``run_continual``.
 
 Both build a plain-values ``spec`` for ``pipeline.train.loop.train_worker`` and run it on
-Ray Train (``TorchTrainer``, DDP; Gloo on CPU, NCCL on GPU) or, with ``num_workers: 0``,
-in this process. Outputs under ``ctx.out_dir``:
+Ray Train (``TorchTrainer``, DDP; Gloo on CPU, NCCL on GPU) or, with ``num_workers: 0``
+or one worker on a local Ray, in this process (``in_process``). Outputs under ``ctx.out_dir``:
 
   checkpoint/state.pt   full training state (model, AdamW, step): exact resume
   hf/                   save_pretrained weights + the tokenizer (AutoModelForCausalLM loads it)
@@ -108,17 +108,39 @@ def loop_spec(cfg: TrainConfig, shards_dir: Path, out_dir: Path, *, name: str,
     }
 
 
+def in_process(cfg: TrainConfig) -> bool:
+    """Whether the loop runs in this process: ``num_workers: 0``, or one worker on a local
+    Ray (the same loop, as rank 0 of a world of 1, without starting a Ray Train worker
+    group: seconds per training stage). With a Ray cluster address one worker still runs
+    on the cluster."""
+    from pipeline.engine import ray_address
+
+    return cfg.num_workers == 0 or (cfg.num_workers == 1 and not ray_address())
+
+
 def execute(spec: dict, cfg: TrainConfig, num_cpus: int | None = None) -> dict:
-    """Run the loop on Ray Train (``num_workers >= 1``) or in-process (``0``); return the
+    """Run the loop in this process (see ``in_process``) or on Ray Train; return the
     rank-0 summary."""
-    if cfg.num_workers == 0:
-        train_worker(spec)
+    if in_process(cfg):
+        _fit_local(spec)
     else:
         _fit_ray(spec, cfg, num_cpus)
     summary_path = Path(spec["out_dir"]) / "summary.json"
     if not summary_path.exists():
         raise RuntimeError(f"training finished without writing {summary_path}")
     return json.loads(summary_path.read_text())
+
+
+def _fit_local(spec: dict) -> None:
+    """``train_worker`` here; it sets torch's thread count to ``cpus_per_worker`` as a Ray
+    worker would, and this process gets its own back afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        train_worker(spec)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fit_ray(spec: dict, cfg: TrainConfig, num_cpus: int | None) -> None:
