@@ -36,6 +36,8 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None):
 
     if ray.is_initialized():
         return ray
+    from pipeline.logs import quiet_library_handlers, route_ray_worker_output
+    quiet_library_handlers()        # Ray's own console handler: its start-up lines to the log file
     address = address or _RAY_SETTINGS["address"] or os.environ.get("RAY_ADDRESS") or None
     num_cpus = num_cpus or _RAY_SETTINGS["num_cpus"]
     # Workers must import `pipeline` from this checkout even without an install.
@@ -54,6 +56,7 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None):
     dctx = ray.data.DataContext.get_current()
     dctx.execution_options.preserve_order = True   # deterministic outputs
     dctx.enable_progress_bars = False
+    route_ray_worker_output()       # worker prints and Ray's own logging: to the log file
     return ray
 
 
