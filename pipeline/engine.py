@@ -8,6 +8,7 @@ of Parquet files (``<artifact>/data/*.parquet``, rejected rows in
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -51,7 +52,18 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None):
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        # Ray waits a fixed 30 s for its raylet to register; a loaded machine can miss
+        # that once. The failed node's processes are reaped when this process exits.
+        for attempt in (1, 2):
+            try:
+                ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+                break
+            except Exception as exc:
+                if attempt == 2 or "timed out during startup" not in str(exc):
+                    raise
+                logging.getLogger("forgeflow").warning("local Ray did not start in time (%s); "
+                                                       "retrying once", exc)
+                ray.shutdown()
     import ray.data
     dctx = ray.data.DataContext.get_current()
     dctx.execution_options.preserve_order = True   # deterministic outputs

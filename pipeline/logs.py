@@ -130,6 +130,8 @@ def quiet_library_handlers() -> None:
             logger.removeHandler(h)
         if streams:
             logger.propagate = True
+            if logger.level < logging.INFO:   # Ray Data logs DEBUG to its own file already
+                logger.setLevel(logging.INFO)
 
 
 def route_ray_worker_output() -> None:

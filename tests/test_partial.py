@@ -35,18 +35,19 @@ QUICKSTART = REPO / "configs" / "quickstart.yaml"
 
 
 def _data_spec(tmp_path: Path, **extra) -> Path:
-    """Two real sources (web text as JSONL, Shakespeare paragraphs), no training."""
+    """Two real sources (web text as JSONL, ~250 Shakespeare paragraphs), no training."""
+    plays = tmp_path / "plays.txt"      # the head of the real file: small enough for 2 cores
+    plays.write_text(shared_path("text", "tinyshakespeare.txt").read_text(encoding="utf-8")[:40_000])
     spec = {
         "run": {"name": "dataonly", "seed": 7, "num_cpus": 2},
         "sources": [
             {"name": "web", "type": "jsonl", "paths": [str(shared_path("docs", "cc_en_head-0091.jsonl"))]},
-            {"name": "plays", "type": "text", "text_unit": "paragraph",
-             "paths": [str(shared_path("text", "tinyshakespeare.txt"))]},
+            {"name": "plays", "type": "text", "text_unit": "paragraph", "paths": [str(plays)]},
         ],
         "filters": {"steps": [{"type": "langid", "keep_languages": ["en"], "min_score": 0.3},
                               {"type": "gopher_repetition", "sources": ["web"]}]},
         "dedup": {"threshold": 0.8},
-        "tokenize": {"tokenizer": {"vocab_size": 512, "sample_docs": 3000}, "val_fraction": 0.1},
+        "tokenize": {"tokenizer": {"vocab_size": 400, "sample_docs": 3000}, "val_fraction": 0.1},
         **extra,
     }
     path = tmp_path / "dataonly.yaml"
@@ -170,7 +171,7 @@ HTTPX_LINE = re.compile(r"HTTP Request: (GET|POST|PATCH|PUT|DELETE) ")
 def test_cli_data_only_run_terminal_log_file_and_empty_stop(tmp_path):
     spec = _data_spec(tmp_path)
     wd = tmp_path / "wd"
-    proc = forgeflow("run", str(spec), "--workdir", str(wd), workdir=wd, timeout=900)
+    proc = forgeflow("run", str(spec), "--workdir", str(wd), workdir=wd, timeout=1800)
     out = proc.stdout + proc.stderr
     lines = out.splitlines()
     # one start and one finish line per stage, the numbers on the finish line
