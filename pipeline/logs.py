@@ -40,7 +40,7 @@ WORKER_FORGEFLOW_LINE = re.compile(r"^\[[A-Za-z0-9_.:()\- ]+\] ")
 
 PROGRESS_INTERVAL = 10.0     # seconds between progress lines of one stage on the terminal
 
-_STATE: dict = {"verbose": True, "file": None, "counter": None, "console": None}
+_STATE: dict = {"verbose": True, "file": None, "counter": None}
 
 
 def is_forgeflow(name: str) -> bool:
@@ -87,14 +87,15 @@ def setup_run_logging(workdir: Path, verbose: bool = False, name: str = "run") -
     console.setFormatter(logging.Formatter(CONSOLE_FORMAT, DATEFMT))
     if not verbose:
         console.addFilter(ConsoleFilter())
-    counter = HiddenWarnings()
+    counter = None if verbose else HiddenWarnings()
     for h in (file_h, console, counter):
-        h._forgeflow = True
-        root.addHandler(h)
+        if h is not None:
+            h._forgeflow = True
+            root.addHandler(h)
     root.setLevel(logging.INFO)
     logging.getLogger("forgeflow").setLevel(logging.INFO)
     logging.captureWarnings(True)
-    _STATE.update(verbose=verbose, file=path, counter=counter, console=console)
+    _STATE.update(verbose=verbose, file=path, counter=counter)
     if not verbose:
         from pipeline import progress
         progress.DEFAULT_INTERVAL = PROGRESS_INTERVAL
