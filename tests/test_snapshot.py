@@ -161,7 +161,7 @@ def test_prefect_cache_never_returns_another_workdirs_artifact(tmp_path):
     def run(wd: Path) -> str:
         proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(spec), "--workdir",
                                str(wd), "--until", "ingest"], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=1200)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout + proc.stderr
 
