@@ -102,6 +102,8 @@ def setup_run_logging(workdir: Path, verbose: bool = False, name: str = "run") -
         # Hugging Face tqdm bars (transformers' "Loading weights", hub downloads) write to
         # stderr directly; local Ray workers inherit this environment
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # MLflow's own console handler (its database migrations at first use): through root
+        os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     quiet_library_handlers()
     return path
 
@@ -148,6 +150,11 @@ def route_ray_worker_output() -> None:
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.remove_handler("forgeflow_worker_logs")
     dispatcher.add_handler("forgeflow_worker_logs", _worker_lines)
+    # the raylet's messages (worker start-up pressure, OOM kills) are printed by the driver's
+    # error listener through this module function, not through the dispatcher
+    import ray._private.worker as ray_worker
+    if hasattr(ray_worker, "print_to_stdstream"):
+        ray_worker.print_to_stdstream = lambda data, ignore_prefix=False: _worker_lines(data)
     quiet_library_handlers()
 
 
@@ -155,10 +162,16 @@ _worker_log = logging.getLogger("forgeflow.worker")
 _ray_worker_log = logging.getLogger("ray.worker_output")
 
 
+# raylet messages worth a terminal line: a worker killed (out of memory) or lost
+RAYLET_MATTERS = re.compile(r"kill|out of memory|OOM|died", re.I)
+
+
 def _worker_lines(data: dict) -> None:
     who = data.get("actor_name") or data.get("task_name") or "worker"
     for line in data.get("lines", []):
         if WORKER_FORGEFLOW_LINE.match(line):
             _worker_log.info("%s", line)
+        elif data.get("pid") == "raylet" and RAYLET_MATTERS.search(line):
+            _worker_log.warning("(raylet) %s", line)
         else:
             _ray_worker_log.info("(%s pid=%s) %s", who, data.get("pid"), line)

@@ -51,16 +51,21 @@ def test_terminal_shows_forgeflow_lines_file_gets_everything(run_logging):
     p.close()
     logs._worker_lines({"pid": 7, "actor_name": "RayTrainWorker", "lines": [
         "[pretrain] 25/150 (17%)  1.0 steps/s", "Setting up process group for: env://"]})
+    logs._worker_lines({"pid": "raylet", "lines": [
+        "WARNING: 8 PYTHON worker processes have been started on node",
+        "1 Workers (tasks / actors) killed due to memory pressure (OOM)"]})
     err = terminal.getvalue()
     shown = [line.split(" ", 1)[1] for line in err.splitlines()]
-    assert len(shown) == 4 and "[filter] started" in shown and "cannot log" in shown
+    assert len(shown) == 5 and "[filter] started" in shown and "cannot log" in shown
+    assert "(raylet) 1 Workers (tasks / actors) killed due to memory pressure (OOM)" in shown
     assert any(s.startswith("[tokenize] 10/10 (100%)") for s in shown)
     assert "[pretrain] 25/150 (17%)  1.0 steps/s" in shown
     assert not any("HTTP Request" in s or "Finished in state" in s or "placement group" in s
                    or "process group" in s or "Task run failed" in s for s in shown)
     logged = log_path.read_text()
     for text in ("HTTP Request: POST", "Finished in state", "Task run failed", "placement group warning",
-                 "[filter] started", "(RayTrainWorker pid=7) Setting up process group", "[tokenize] 10/10"):
+                 "[filter] started", "(RayTrainWorker pid=7) Setting up process group", "[tokenize] 10/10",
+                 "(worker pid=raylet) WARNING: 8 PYTHON worker processes"):
         assert text in logged, text
     assert logs.hidden_warnings() == 2          # the placement-group warning, Prefect's error
     assert progress.DEFAULT_INTERVAL == logs.PROGRESS_INTERVAL
