@@ -198,8 +198,8 @@ def test_cli_data_only_run_terminal_log_file_and_empty_stop(tmp_path):
     assert "[filter] cached" in out2 and "[dedup]" not in out2
 
     # langid keeping a language nobody wrote in: the run stops at filter, naming the step
-    bad = forgeflow("run", str(spec), "--workdir", str(wd), "--until", "tokenize",
-                    "filters.steps.0.keep_languages=[fr]", workdir=wd, check=False)
+    bad = forgeflow("run", str(spec), "filters.steps.0.keep_languages=[fr]", "--workdir", str(wd),
+                    "--until", "tokenize", workdir=wd, check=False)
     err = bad.stdout + bad.stderr
     assert bad.returncode == 1, err
     m = re.search(r"filter: every one of the ([\d,]+) documents was removed; removed by step: "
