@@ -1,7 +1,8 @@
 """The ``forgeflow`` command.
 
-    forgeflow run CONFIG [key=value ...] [--workdir DIR]   run the pipeline (Prefect flow)
-    forgeflow validate CONFIG [key=value ...]               check the spec, print the plan
+    forgeflow run CONFIG [key=value ...] [--workdir DIR] [--until STAGE] [--verbose]
+                                                            run the pipeline (Prefect flow)
+    forgeflow validate CONFIG [key=value ...] [--until STAGE]  check the spec, print the plan
     forgeflow sweep CONFIG [key=value ...] [--workdir DIR]  run the spec's sweep: trials as subflows
     forgeflow compare SWEEP|EXPERIMENT|RUN... [--csv F]     varied params vs metrics, best marked
     forgeflow schema                                        JSON Schema of the spec
@@ -47,6 +48,30 @@ def prefect_env(workdir: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def start_prefect_api(attempts: int = 3) -> None:
+    """Start the embedded Prefect API now (not lazily inside the flow call), retrying a
+    start-up that timed out: a loaded machine can miss even a generous timeout once.
+    No-op when PREFECT_API_URL names a running server."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    log = logging.getLogger("forgeflow")
+    for attempt in range(1, attempts + 1):
+        server = SubprocessASGIServer()
+        try:
+            server.start()
+            log.debug("embedded Prefect API on %s", server.api_url)
+            return
+        except RuntimeError as exc:
+            server.stop()               # kills the process and forgets the instance
+            if attempt == attempts:
+                raise
+            log.warning("embedded Prefect API did not start (attempt %d/%d): %s; retrying",
+                        attempt, attempts, str(exc)[:300])
+            time.sleep(2 * attempt)
 
 
 # Builds a migrated Prefect database with its block types registered (what the ephemeral
@@ -119,11 +144,11 @@ def _load(args):
 
 
 def cmd_validate(args) -> int:
-    from pipeline.plan import build_plan
+    from pipeline.plan import build_plan, prefix_until
     from pipeline.spec import SpecError
     spec = _load(args)
     try:
-        plan = build_plan(spec)
+        plan = prefix_until(build_plan(spec), args.until)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -148,22 +173,44 @@ def cmd_schema(args) -> int:
 
 def cmd_run(args) -> int:
     spec = _load(args)
-    workdir = _workdir(args, spec)
-    workdir.mkdir(parents=True, exist_ok=True)
-    prefect_env(workdir)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from flows.end_to_end import end_to_end
+    from pipeline.plan import build_plan, prefix_until
     from pipeline.spec import SpecError
-
-    t0 = time.time()
     try:
-        results = end_to_end(config=str(args.config), overrides=args.overrides, workdir=str(workdir))
+        plan = prefix_until(build_plan(spec), args.until)   # a bad --until fails before any start-up
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    workdir = _workdir(args, spec)
+    workdir.mkdir(parents=True, exist_ok=True)
+    prefect_env(workdir)
+    from pipeline.logs import hidden_warnings, setup_run_logging
+    log_path = setup_run_logging(workdir, verbose=args.verbose)   # before Prefect is imported
+    log = logging.getLogger("forgeflow")
+    log.info("forgeflow run %s: %d stage(s)%s; log file %s", args.config, len(plan),
+             f" (--until {args.until})" if args.until else "", log_path)
+    from pipeline.checks import EmptyOutputError
+    from pipeline.logs import quiet_library_handlers
+
+    t0 = time.time()
+    try:
+        start_prefect_api()
+        from flows.end_to_end import end_to_end
+        quiet_library_handlers()       # Prefect's own console handlers, now that it is imported
+        results = end_to_end(config=str(args.config), overrides=args.overrides,
+                             workdir=str(workdir), until=args.until)
+    except (SpecError, EmptyOutputError) as exc:
+        log.debug("run failed", exc_info=True)
+        print(f"\nerror: {exc}\n(full log: {log_path})", file=sys.stderr)
+        return 2 if isinstance(exc, SpecError) else 1
+    except Exception:
+        log.exception("run failed (full log: %s)", log_path)
+        return 1
     ran = sum(not r["cached"] for r in results.values())
     print(f"\nforgeflow: {len(results)} stages ({ran} ran, {len(results) - ran} cached) "
           f"in {time.time() - t0:.0f}s; workdir {workdir}")
+    hidden = hidden_warnings()
+    print(f"log: {log_path}" + (f" ({hidden} library warning(s) there)" if hidden else "")
+          + ("" if args.verbose else "; --verbose shows it all on the terminal"))
     ev = results.get("evaluate")
     if ev:
         manifest = json.loads((Path(ev["path"]) / "manifest.json").read_text())
@@ -377,11 +424,22 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200")
         p.add_argument("--workdir", help="where artifacts and the local stores live (default run.workdir)")
 
+    def with_until(p):
+        p.add_argument("--until", metavar="STAGE",
+                       help="only the prefix of the DAG that ends with STAGE (a stage key such as "
+                            "ingest.docs, or a family: crawl, ingest, filter, dedup, tokenize, "
+                            "pretrain, continual, evaluate) and what it depends on")
+
     p = sub.add_parser("run", help="run the pipeline as a Prefect flow")
     with_config(p)
+    with_until(p)
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show library logs (Prefect, Ray, MLflow) on the terminal too "
+                        "(they always go to <workdir>/logs/)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("validate", help="validate the spec and print the stage plan")
     with_config(p)
+    with_until(p)
     p.add_argument("--json", action="store_true", help="print the plan with identities as JSON")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("sweep", help="run the spec's sweep: every trial a subflow, shared upstream")

@@ -9,6 +9,7 @@ numbers and a link to its MLflow run, plus any tables the stage produced.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from pathlib import Path
@@ -17,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
-from pipeline.plan import Node, build_plan
+from pipeline.plan import Node, build_plan, prefix_until
 from pipeline.runner import Outcome, RunEnv, execute, node_identity, record_cached
 from pipeline.spec import load_spec
 from pipeline.store import Artifact
@@ -34,17 +35,25 @@ def _node_env(run_key: str, node_key: str) -> tuple[Node, RunEnv]:
 
 
 def _cache_key(context: TaskRunContext, parameters: dict) -> str:
-    """The artifact identity. The store is the source of truth: when it does not hold the
-    artifact (deleted, or never committed), a Prefect record under the same key is stale
-    and is dropped, so Prefect runs the task instead of serving a result that is gone."""
+    """The artifact identity, scoped to the run's store. Prefect's result records live
+    in its home (or behind its API), which several workdirs may share: the store's path
+    is part of the key, so a hit can only return an artifact of this workdir. The store
+    is the source of truth: when it does not hold the artifact (deleted, or never
+    committed), a Prefect record under the same key is stale and is dropped, so Prefect
+    runs the task instead of serving a result that is gone."""
     node, env = _node_env(parameters["run_key"], parameters["node_key"])
     identity = node_identity(node, parameters["upstream"])
-    key = f"forgeflow-{identity}"
+    key = f"forgeflow-{identity}-{store_scope(env.store.workdir)}"
     if env.store.lookup(node.stage, node.name, identity) is None:
         from prefect.settings import get_current_settings
         stale = Path(get_current_settings().results.local_storage_path) / key
         stale.unlink(missing_ok=True)
     return key
+
+
+def store_scope(workdir: Path) -> str:
+    """A short digest of the store's resolved path (part of every task cache key)."""
+    return hashlib.sha256(str(Path(workdir).resolve()).encode()).hexdigest()[:12]
 
 
 def _slug(text: str) -> str:
@@ -109,15 +118,17 @@ def prefect_flow_run_url(flow_run_id: str) -> str:
 
 @flow(name="end_to_end", log_prints=True, flow_run_name=_flow_run_name)
 def end_to_end(config: str, overrides: list[str] | None = None,
-               workdir: str | None = None, parent_run_id: str | None = None,
+               workdir: str | None = None, until: str | None = None,
+               parent_run_id: str | None = None,
                tags: dict[str, str] | None = None) -> dict[str, dict]:
-    """Run the whole pipeline described by the YAML spec at ``config``.
+    """Run the pipeline described by the YAML spec at ``config`` (with ``until``: only
+    the prefix of the DAG that ends with that stage).
 
     As a sweep trial (a subflow of ``sweep``): ``parent_run_id`` nests the MLflow run under
     the sweep's run and ``tags`` mark it (``forgeflow.sweep_id``, ``forgeflow.trial``)."""
     logger = get_run_logger()
     spec = load_spec(config, overrides or [])
-    plan = build_plan(spec)
+    plan = prefix_until(build_plan(spec), until)
     from prefect.runtime import flow_run
     run_key = str(flow_run.get_id())
     env = RunEnv.start(spec, workdir, name=flow_run.get_name(),
@@ -149,6 +160,9 @@ def end_to_end(config: str, overrides: list[str] | None = None,
             state = futures[node.key].state
             artifact = state.result()          # raises if the stage failed
             results[node.key] = artifact
+            if state.name == "Cached" and Path(artifact.path).parent.parent != env.store.workdir:
+                raise RuntimeError(f"{node.key}: Prefect's cache returned {artifact.path}, which is "
+                                   f"not in this run's store {env.store.workdir}")
             if state.name == "Cached" and node.key not in env.outcomes:
                 # Prefect served the result from its cache: the task body did not run,
                 # so record the cached stage in MLflow and Prefect here.
@@ -172,7 +186,7 @@ def _finish(env: RunEnv, status: str, logger) -> None:
         env.parent_run.log_metrics(ev.artifact.metrics)
     try:     # the runs table opens on the evaluation metrics and mixture weights
         env.tracker.set_default_view(list(ev.artifact.metrics) if ev is not None else [],
-                                     [f"mix.{k}" for k in env.spec.train.mixture])
+                                     [f"mix.{k}" for k in (env.spec.train.mixture if env.spec.train else {})])
     except Exception as e:   # a view is a convenience: never fail a run for it
         logger.warning("could not save the MLflow runs-table view: %s", e)
     cached = sum(o.cached for o in env.outcomes.values())

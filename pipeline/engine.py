@@ -8,6 +8,7 @@ of Parquet files (``<artifact>/data/*.parquet``, rejected rows in
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -51,6 +52,8 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None):
 
 
 def _init_ray(ray, num_cpus: int | None, address: str | None) -> None:
+    from pipeline.logs import quiet_library_handlers, route_ray_worker_output
+    quiet_library_handlers()        # Ray's own console handler: its start-up lines to the log file
     address = address or ray_address()
     num_cpus = num_cpus or _RAY_SETTINGS["num_cpus"]
     # Workers must import `pipeline` from this checkout even without an install.
@@ -64,20 +67,23 @@ def _init_ray(ray, num_cpus: int | None, address: str | None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        for attempt in range(3):
+        # Ray waits a fixed 30 s for its raylet to register; a loaded machine can miss
+        # that once. The failed node's processes are reaped when this process exits.
+        for attempt in (1, 2):
             try:
                 ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
                 break
             except Exception as exc:
-                # Ray gives a local raylet a fixed 30s to register; on an overloaded
-                # machine it can miss that once (seen with many runs sharing 2 cores)
-                if "timed out during startup" not in str(exc) or attempt == 2:
+                if attempt == 2 or "timed out during startup" not in str(exc):
                     raise
+                logging.getLogger("forgeflow").warning("local Ray did not start in time (%s); "
+                                                       "retrying once", exc)
                 ray.shutdown()
     import ray.data
     dctx = ray.data.DataContext.get_current()
     dctx.execution_options.preserve_order = True   # deterministic outputs
     dctx.enable_progress_bars = False
+    route_ray_worker_output()       # worker prints and Ray's own logging: to the log file
 
 
 def parquet_files(dataset_dir: Path, sub: str = "data") -> list[str]:

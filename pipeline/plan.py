@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from pipeline.spec import PipelineSpec, SpecError, digest_paths
+from pipeline import checks
+from pipeline.spec import PipelineSpec, SpecError, digest_paths, resolve_snapshot
 from pipeline.stage import StageContext
 from pipeline.store import Artifact, files_digest
 
@@ -31,7 +33,7 @@ RunFn = Callable[[StageContext, dict[str, Artifact]], dict]
 # fails when a stage's config schema or its golden output on a tiny input changes without a bump.
 STAGE_VERSIONS: dict[str, str] = {
     "crawl": "1",
-    "ingest": "1",
+    "ingest": "2",        # 2: WARC ids from URL + content; WARC metadata columns
     "models": "1",        # the fastText classifiers the filters train
     "filter": "1",
     "dedup": "1",
@@ -54,6 +56,7 @@ class Node:
     resumable: bool = False
     dataset: str | None = None        # log the output as an MLflow dataset input with this context
     description: str = ""
+    check: Callable[[Artifact], None] | None = None   # raises EmptyOutputError on a useless output
 
 
 def _entry(module: str, name: str) -> Callable:
@@ -64,8 +67,9 @@ def _entry(module: str, name: str) -> Callable:
     return call
 
 
-def build_plan(spec: PipelineSpec) -> list[Node]:
-    """Nodes in a topological order."""
+def build_plan(spec: PipelineSpec, now: datetime | None = None) -> list[Node]:
+    """Nodes in a topological order. ``now`` (UTC, default the current time) resolves
+    sources' ``snapshot`` templates."""
     from pipeline.filters import stage as filters_stage
 
     # Stage modules are imported when their stage runs: planning and an all-cached run
@@ -88,15 +92,23 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
         ingest_inputs: dict[str, str] = {}
         reader = {"type": src.type, "text_field": src.text_field, "id_field": src.id_field,
                   "url_field": src.url_field, "text_unit": src.text_unit}
+        # a snapshot enters the identity of the source's first node only when set, so
+        # specs without one keep their identities
+        snapshot = resolve_snapshot(src.snapshot, now)
+        snap = {"snapshot": snapshot} if snapshot is not None else {}
         if src.type == "crawl":
             crawl_key = f"crawl.{src.name}"
             nodes.append(Node(
                 key=crawl_key, stage="crawl", name=src.name, version=STAGE_VERSIONS["crawl"],
                 config={"crawl": src.crawl.identity_dict(),
-                        "local_site": src.local_site.identity_dict() if src.local_site else None},
+                        "local_site": src.local_site.identity_dict() if src.local_site else None,
+                        **snap},
                 inputs={}, resumable=True,
-                run=lambda ctx, inp, src=src: run_crawl(src.crawl, src.name, ctx, local_site=src.local_site),
-                description=f"crawl {len(src.crawl.seeds)} seed(s) into WARC"))
+                run=lambda ctx, inp, src=src, snapshot=snapshot: run_crawl(
+                    src.crawl, src.name, ctx, local_site=src.local_site, snapshot=snapshot),
+                description=f"crawl {len(src.crawl.seeds)} seed(s) into WARC"
+                            + (f" (snapshot {snapshot})" if snapshot else "")))
+            snap = {}       # the crawl carries it; ingest follows through its input
             ingest_inputs = {"warc": crawl_key}
             files, files_id = [], None
         else:
@@ -114,9 +126,11 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
         key = f"ingest.{src.name}"
         nodes.append(Node(
             key=key, stage="ingest", name=src.name, version=STAGE_VERSIONS["ingest"],
-            config={"reader": reader, "extract": spec.extract.identity_dict(), "files": files_id},
+            config={"reader": reader, "extract": spec.extract.identity_dict(), "files": files_id,
+                    **snap},
             inputs=ingest_inputs, run=ingest_run, dataset="ingested",
-            description=f"{src.type} -> documents Parquet"))
+            description=f"{src.type} -> documents Parquet",
+            check=lambda art, name=src.name: checks.check_ingest(art, name)))
         ingest_keys[src.name] = key
 
     # ---- filter models (trained by the pipeline) ------------------------------------------
@@ -152,7 +166,8 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
         key="filter", stage="filter", name="filtered", version=STAGE_VERSIONS["filter"],
         config={"filters": spec.filters.identity_dict(), "seed": seed},
         inputs={**all_docs, **{f"model.{k}": v for k, v in model_keys.items()}},
-        run=filter_run, dataset="filtered", description="language ID, heuristics, classifiers"))
+        run=filter_run, dataset="filtered", description="language ID, heuristics, classifiers",
+        check=lambda art: checks.check_filter(art, spec.trained_sources())))
 
     nodes.append(Node(
         key="dedup", stage="dedup", name="deduped", version=STAGE_VERSIONS["dedup"],
@@ -181,6 +196,9 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
                                           inp["tokenizer"].dir / "tokenizer", ctx),
         dataset="tokenized", description="Megatron .bin/.idx shards per source and split"))
 
+    if spec.train is None:            # a data-only pipeline ends with the token shards
+        return _finish_plan(nodes)
+
     # ---- training ---------------------------------------------------------------------------------
     train_id = spec.train.identity_dict()          # carries train.seed
     nodes.append(Node(
@@ -190,7 +208,7 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
         description="pretrain on Ray Train (DDP)"))
     model_nodes = {"pretrain": "pretrain"}
     prev_key = "pretrain"
-    if spec.continual.enabled:
+    if spec.continual is not None and spec.continual.enabled:
         for phase in spec.continual.phases:
             key = f"continual.{phase.name}"
 
@@ -208,6 +226,9 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
             model_nodes[key] = key
             prev_key = key
 
+    if spec.evaluate is None:
+        return _finish_plan(nodes)
+
     # ---- evaluation ---------------------------------------------------------------------------------
     def eval_run(ctx, inp):
         models = {label: inp[f"model:{label}"].dir for label in model_nodes}
@@ -218,6 +239,43 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
         config={"evaluate": spec.evaluate.identity_dict()},
         inputs={"shards": "tokenize", **{f"model:{label}": key for label, key in model_nodes.items()}},
         run=eval_run, description="bits-per-byte per source, forgetting, multiple-choice tasks"))
+    return _finish_plan(nodes)
+
+
+def _finish_plan(nodes: list[Node]) -> list[Node]:
     for node in nodes:      # file paths in configs count by content, never by location
         node.config = digest_paths(node.config)
     return nodes
+
+
+def stage_names(plan: list[Node]) -> list[str]:
+    """What ``--until`` accepts for this plan: node keys, their families (``crawl``,
+    ``ingest``, ``model``, ``continual``) and stage directories (``train``, ``models``)."""
+    names: list[str] = []
+    for node in plan:
+        for name in (node.key.split(".", 1)[0], node.stage, node.key):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def prefix_until(plan: list[Node], stage: str | None) -> list[Node]:
+    """The prefix of the DAG that ends with ``stage``: every node it names (a key such as
+    ``ingest.docs``, a family such as ``ingest`` or ``continual``, or a stage directory such
+    as ``train``) plus everything they depend on, in plan order. Identities are unchanged,
+    so a later full run reuses every artifact of the prefix."""
+    if not stage:
+        return plan
+    targets = [n for n in plan if n.key == stage or n.key.startswith(stage + ".") or n.stage == stage]
+    if not targets:
+        raise SpecError(f"--until {stage!r}: no such stage in this plan; "
+                        f"choose one of: {', '.join(stage_names(plan))}")
+    by_key = {n.key: n for n in plan}
+    keep: set[str] = set()
+    todo = [n.key for n in targets]
+    while todo:
+        key = todo.pop()
+        if key not in keep:
+            keep.add(key)
+            todo.extend(by_key[key].inputs.values())
+    return [n for n in plan if n.key in keep]

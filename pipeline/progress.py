@@ -1,13 +1,20 @@
 """Terminal progress for long stages: count, rate, ETA, and a few stage-specific numbers.
 
-Prints at most every ``interval`` seconds to stderr, one line per update, so it reads
-well both in a terminal and in Prefect/CI logs (no carriage-return tricks).
+Prints at most every ``interval`` seconds, one line per update, so it reads well both in
+a terminal and in Prefect/CI logs (no carriage-return tricks). Without an explicit
+``stream`` a line goes to the ``forgeflow.progress`` logger once ``forgeflow run`` has set
+up its logging (terminal + log file, see ``pipeline.logs``), else to stderr. The CLI sets
+``DEFAULT_INTERVAL`` longer so a quickstart's terminal stays short.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+
+DEFAULT_INTERVAL = 2.0
+_log = logging.getLogger("forgeflow.progress")
 
 
 def _fmt_count(x: float) -> str:
@@ -28,10 +35,10 @@ class Progress:
     """``p = Progress("filter", total=n, unit="docs"); p.update(k, kept=...); p.close()``."""
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "items",
-                 interval: float = 2.0, stream=None, enabled: bool = True):
+                 interval: float | None = None, stream=None, enabled: bool = True):
         self.desc, self.total, self.unit = desc, total, unit
-        self.interval = interval
-        self.stream = stream or sys.stderr
+        self.interval = DEFAULT_INTERVAL if interval is None else interval
+        self.stream = stream
         self.enabled = enabled
         self.n = 0
         self.start = time.monotonic()
@@ -64,7 +71,11 @@ class Progress:
     def _print(self, now: float) -> None:
         if self.enabled:
             self._shown = (self.n, dict(self.postfix))
-            print(self.line(now), file=self.stream, flush=True)
+            from pipeline.logs import log_file
+            if self.stream is None and log_file() is not None:
+                _log.info("%s", self.line(now))
+            else:
+                print(self.line(now), file=self.stream or sys.stderr, flush=True)
 
     def close(self) -> None:
         """Print the final line, unless the last printed line already says the same."""

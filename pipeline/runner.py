@@ -50,7 +50,7 @@ class RunEnv:
                           artifact_root=workdir / "mlartifacts")
         params = {k: v for k, v in flatten(spec.model_dump(mode="json")).items()
                   if not k.startswith("run.tracking_uri")}
-        for name, weight in spec.train.mixture.items():
+        for name, weight in (spec.train.mixture if spec.train else {}).items():
             params[f"mix.{name}"] = weight
         parent = tracker.start_parent(name or run_name(spec.run.name), params,
                                       {"forgeflow.code_version": code_version(),
@@ -116,8 +116,8 @@ def execute(node: Node, inputs: dict[str, Artifact], env: RunEnv) -> Outcome:
     ctx = StageContext(name=node.key, out_dir=pending.partial, workdir=env.workdir,
                        seed=env.spec.run.seed, num_cpus=env.spec.run.num_cpus or 2,
                        tracker=child, show_progress=env.spec.run.show_progress)
-    log.info("[%s] running -> %s%s", node.key, pending.partial.name,
-             " (resuming a killed run)" if pending.resumed else "")
+    log.info("[%s] started%s", node.key, " (resuming a killed run)" if pending.resumed else "")
+    log.debug("[%s] writing %s", node.key, pending.partial)
     t0 = time.time()
     try:
         metrics = node.run(ctx, inputs) or {}
@@ -139,8 +139,10 @@ def execute(node: Node, inputs: dict[str, Artifact], env: RunEnv) -> Outcome:
     if node.dataset:
         _log_dataset(child, artifact, "output")
         _log_dataset(env.parent_run, artifact, node.dataset)
+    _check(node, artifact, child)
     child.finish("FINISHED")
-    log.info("[%s] done in %.1fs -> %s", node.key, seconds, artifact.dir)
+    log.info("[%s] ran in %.1fs%s", node.key, seconds, key_numbers(metrics))
+    log.debug("[%s] artifact %s", node.key, artifact.dir)
     lines, warning = removal_report(node.key, ctx.removed)
     for line in lines:
         log.info("%s", line)
@@ -161,11 +163,41 @@ def record_cached(node: Node, artifact: Artifact, inputs: dict[str, Artifact], e
     child.log_metrics(artifact.metrics)
     if node.dataset:
         _log_dataset(env.parent_run, artifact, node.dataset)
+    _check(node, artifact, child)
     child.finish("FINISHED")
-    log.info("[%s] cached -> %s", node.key, artifact.dir)
+    log.info("[%s] cached (%s)%s", node.key, artifact.short, key_numbers(artifact.metrics))
     summary = [f"**cached**: artifact `{artifact.path}` produced by MLflow run "
                f"[{producer[:8]}]({env.run_url(producer)})"] + artifact.manifest.get("summary", [])
     return Outcome(node.key, artifact, True, child.run_id, 0.0, summary, _tables_of(artifact))
+
+
+# The few numbers a stage's finish line shows, in this order (the rest are in MLflow).
+KEY_METRICS = ("pages_fetched", "pages_skipped", "docs_in", "docs_out", "rejected",
+               "removal_rate", "duplicate_rate", "f1", "vocab_size", "tokens_total",
+               "final_loss", "tokens_per_s")
+
+
+def key_numbers(metrics: dict, limit: int = 4) -> str:
+    """``": docs_in=550 docs_out=331 removal_rate=0.398"`` for a stage's finish line."""
+    keys = [k for k in KEY_METRICS if k in metrics]
+    keys += sorted(k for k in metrics if k.startswith("bpb."))
+    shown = []
+    for k in keys[:limit]:
+        v = metrics[k]
+        shown.append(f"{k}={v:,.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{k}={v:.4g}")
+    return (": " + "  ".join(shown)) if shown else ""
+
+
+def _check(node: Node, artifact: Artifact, child: StageRun) -> None:
+    """The node's output check (e.g. zero documents left): fails the stage's run."""
+    if node.check is None:
+        return
+    try:
+        node.check(artifact)
+    except Exception as exc:
+        child.set_tags({"forgeflow.error": str(exc)[:5000]})
+        child.finish("FAILED")
+        raise
 
 
 def _tables_of(artifact: Artifact) -> dict:

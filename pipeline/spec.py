@@ -75,6 +75,25 @@ class RunConfig(Model):
 
 SourceType = Literal["crawl", "warc", "jsonl", "parquet", "text"]
 
+# ``snapshot`` templates, resolved in UTC when the plan is built (i.e. when a run starts)
+SNAPSHOT_FIELDS = {
+    "date": lambda t: t.strftime("%Y-%m-%d"),
+    "week": lambda t: "{0}-W{1:02d}".format(*t.isocalendar()[:2]),
+    "month": lambda t: t.strftime("%Y-%m"),
+    "year": lambda t: t.strftime("%Y"),
+}
+_SNAPSHOT_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def resolve_snapshot(template: str | None, now=None) -> str | None:
+    """``"{week}"`` -> ``"2026-W49"`` (UTC ``now``, default the current time); a value
+    without braces is returned as it is."""
+    if template is None:
+        return None
+    from datetime import datetime, timezone
+    now = now or datetime.now(timezone.utc)
+    return _SNAPSHOT_FIELD.sub(lambda m: SNAPSHOT_FIELDS[m.group(1)](now), template)
+
 
 class SourceConfig(Model):
     """One corpus source. ``type: crawl`` fetches from seed URLs into WARC first."""
@@ -91,6 +110,28 @@ class SourceConfig(Model):
     id_field: str = "id"
     url_field: str = "url"
     text_unit: Literal["file", "paragraph", "line"] = "file"
+    snapshot: str | None = Field(
+        None, description="part of the source's identity: a new value re-reads (re-crawls) the "
+                          "source and reruns everything downstream. A template resolved in UTC "
+                          "when the run starts ({date}, {week}, {month}, {year}) or a fixed value")
+
+    @field_validator("snapshot", mode="before")
+    @classmethod
+    def _unquoted_template(cls, v):
+        # YAML reads an unquoted `snapshot: {week}` (or the override `...snapshot={week}`)
+        # as the mapping {"week": None}: take it for the template it was meant to be
+        if isinstance(v, dict) and len(v) == 1 and next(iter(v.values())) is None:
+            return "{%s}" % next(iter(v))
+        return v
+
+    @field_validator("snapshot")
+    @classmethod
+    def _snapshot_fields(cls, v: str | None) -> str | None:
+        unknown = [f for f in _SNAPSHOT_FIELD.findall(v or "") if f not in SNAPSHOT_FIELDS]
+        if unknown:
+            raise ValueError(f"unknown snapshot field(s) {unknown}; allowed: "
+                             + ", ".join("{%s}" % k for k in SNAPSHOT_FIELDS))
+        return v
 
     @model_validator(mode="after")
     def _check_kind(self):
@@ -114,9 +155,11 @@ class PipelineSpec(Model):
     filters: FiltersConfig = FiltersConfig()
     dedup: DedupConfig = DedupConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
-    train: TrainConfig = TrainConfig()
-    continual: ContinualConfig = Field(default_factory=lambda: ContinualConfig(enabled=False))
-    evaluate: EvaluateConfig = EvaluateConfig()
+    # Optional: a spec without `train` is a data-only pipeline that stops after tokenize;
+    # `continual` and `evaluate` run only when present (both need `train`).
+    train: TrainConfig | None = Field(None, description="pretraining; omit for a data-only pipeline")
+    continual: ContinualConfig | None = Field(None, description="continual phases after pretrain")
+    evaluate: EvaluateConfig | None = Field(None, description="evaluation of the trained models")
     sweep: SweepConfig | None = Field(None, description="forgeflow sweep: trials over spec paths "
                                                         "and mixtures (ignored by forgeflow run)")
 
@@ -130,9 +173,16 @@ class PipelineSpec(Model):
         if dup:
             raise ValueError(f"source names must be unique; repeated: {dup}")
         known = set(names)
+        if self.train is None:
+            needs = [repr(k) for k in ("continual", "evaluate") if getattr(self, k) is not None]
+            if needs:
+                verb = "needs" if len(needs) == 1 else "need"
+                raise ValueError(f"{' and '.join(needs)} {verb} a 'train' section (they continue "
+                                 "from or score the pretrained model); add 'train' or remove them")
+            return self
         mixes = [("train.mixture", self.train.mixture)]
         mixes += [(f"continual.phases.{i}.mixture", p.mixture)
-                  for i, p in enumerate(self.continual.phases)]
+                  for i, p in enumerate(self.continual.phases if self.continual else [])]
         for where, mix in mixes:
             unknown = sorted(set(mix) - known)
             if unknown:
@@ -140,6 +190,16 @@ class PipelineSpec(Model):
         return self
 
     # ---- helpers ---------------------------------------------------------------------
+    def trained_sources(self) -> set[str]:
+        """Sources that some training phase draws from (all of them when a mixture is
+        empty, i.e. weighted by tokens); empty for a data-only spec."""
+        if self.train is None:
+            return set()
+        mixes = [self.train.mixture] + [p.mixture for p in
+                                        (self.continual.phases if self.continual else [])]
+        every = {s.name for s in self.sources}
+        return set().union(*({k for k, w in m.items() if w > 0} if m else every for m in mixes))
+
     def resolve(self, path: str) -> Path:
         p = Path(os.path.expandvars(os.path.expanduser(path)))
         return p if p.is_absolute() else (Path(self._base_dir) / p)

@@ -25,6 +25,7 @@ from pipeline.crawl.config import CrawlConfig, LocalSiteConfig
 from pipeline.crawl.crawler import Crawler
 from pipeline.crawl.localweb import cached_site, serve_site
 from pipeline.crawl.warc import merge_log
+from pipeline.ingest.warc import LOCAL_SITE_FIELD
 from pipeline.stage import StageContext
 
 PLACEHOLDER = "{local_site}"
@@ -97,13 +98,14 @@ def _plot_status(ctx: StageContext, summary: dict) -> None:
 
 
 def run_crawl(cfg: CrawlConfig, source: str, ctx: StageContext,
-              local_site: LocalSiteConfig | None = None) -> dict:
+              local_site: LocalSiteConfig | None = None, snapshot: str | None = None) -> dict:
     """Crawl ``cfg.seeds`` into ``ctx.out_dir``; returns flat metrics (see ``summarize``).
 
     With ``local_site`` the site is generated once into the user cache (outside the
     artifact, see ``localweb.cached_site``), served on 127.0.0.1 for the duration of the
     crawl, and ``{local_site}`` in the spec is replaced by its URL. That needs ``allow_loopback: true``: the spec
-    must say so explicitly.
+    must say so explicitly. ``snapshot`` (the source's resolved
+    ``snapshot``, part of the identity) is recorded in every WARC file's warcinfo record.
     """
     t0 = time.monotonic()
     out_dir = Path(ctx.out_dir)
@@ -143,6 +145,11 @@ def run_crawl(cfg: CrawlConfig, source: str, ctx: StageContext,
                      "conformsTo": "https://iipc.github.io/warc-specifications/specifications/warc-format/warc-1.1/",
                      "robots": "obey" if cfg.respect_robots else "ignore",
                      "http-header-user-agent": cfg.user_agent, "isPartOf": f"{ctx.name}:{source}"}
+        if local_site is not None:      # ingest maps this random-port URL to a stable one
+            warc_info[LOCAL_SITE_FIELD] = base
+        if snapshot is not None:
+            warc_info["forgeflow-snapshot"] = snapshot
+            ctx.note(f"- snapshot `{snapshot}`")
         run_info = _run_async(Crawler(cfg, out_dir, on_progress).run(warc_info))
         progress.close()
 

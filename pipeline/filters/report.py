@@ -32,6 +32,9 @@ class FilterReport:
         self.seen: dict[str, int] = defaultdict(int)
         self.values: dict[str, list] = defaultdict(list)
         self.nvalues: dict[str, int] = defaultdict(int)
+        # per source: documents in, and removed by each filter ("input" included)
+        self.source_in: dict[str, int] = defaultdict(int)
+        self.source_removed: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def add(self, out: pa.Table) -> None:
         n = out.num_rows
@@ -46,11 +49,15 @@ class FilterReport:
             self.chars_removed[m] += int(t.sum())
         removed_mask = np.asarray(reason.is_valid())
         self.chars_out += int(chars[~removed_mask].sum())
+        sources = out.column("source").to_pylist() if "source" in out.column_names else [None] * n
+        for src in sources:
+            self.source_in[src or ""] += 1
         if removed_mask.any():
             rs = reason.filter(pa.array(removed_mask)).to_pylist()
             rows = np.flatnonzero(removed_mask)
             for r, i in zip(rs, rows):
                 self.removed[r] += 1
+                self.source_removed[sources[i] or ""][r] += 1
                 self.chars_removed[r] += int(chars[i])
                 self._sample(r, out, int(i))
         for col in self.chain.columns:
@@ -104,7 +111,20 @@ class FilterReport:
             m[f"removal_rate_{name}"] = r / reaching if reaching else 0.0
             m[f"chars_removed_{name}"] = self.chars_removed.get(name, 0)
             reaching -= r
+        for src, n in sorted(self.source_in.items()):
+            m[f"source.{src}.docs_in"] = n
+            m[f"source.{src}.docs_out"] = n - sum(self.source_removed[src].values())
         return m
+
+    def source_rows(self) -> list[dict]:
+        """Per source: documents in, removed by each filter in chain order, kept."""
+        rows = []
+        for src, n in sorted(self.source_in.items()):
+            removed = self.source_removed[src]
+            rows.append({"source": src, "docs_in": n,
+                         **{f"removed_{name}": removed.get(name, 0) for name in ["input"] + self.chain.names},
+                         "docs_out": n - sum(removed.values())})
+        return rows
 
     def summary_rows(self) -> list[dict]:
         m = self.metrics()

@@ -224,5 +224,6 @@ def run_filter(cfg: FiltersConfig, docs_dirs: dict[str, Path], models: dict[str,
     rej_w.close()
     metrics = report.publish(ctx)
     (ctx.out_dir / "filter_stats.json").write_text(json.dumps(
-        {"metrics": metrics, "filters": report.summary_rows()}, indent=1))
+        {"metrics": metrics, "filters": report.summary_rows(), "sources": report.source_rows()},
+        indent=1))
     return metrics

@@ -19,6 +19,15 @@ is attached to that capture's document (``Doc.metadata``) when it follows it, an
 counted as ``skipped_metadata`` like the others; one about no document read is counted
 ``metadata_unmatched``.
 
+Document keys (the ingest stage hashes them with the source name into the id) are the
+capture's target URL plus a digest of its payload, so the same page captured with the
+same content gets the same id in every crawl, whatever WARC-Record-ID (a random UUID)
+the writer gave it; a record without a target URL falls back to file name + index. A
+WARC written by forgeflow's crawl of the generated local web names the site's base URL
+(a random 127.0.0.1 port) in its ``warcinfo`` record (``forgeflow-local-site``); URLs
+under it are rewritten to ``LOCAL_SITE_URL``, in the ``url`` column and in the key, so
+two fresh crawls of the local web give byte-identical documents.
+
 Truncation and corruption: warcio stops silently when a ``.warc.gz`` is cut inside a
 record, so the reader checks two things itself: after each record it drains the body
 and sees whether Content-Length bytes really arrived, and at the end it checks that the
@@ -39,11 +48,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import xxhash
+
 from pipeline.ingest.config import HTML_TYPES, ExtractConfig
 from pipeline.ingest.extract import charset_from_content_type, decode_html, html_to_text
 from pipeline.ingest.readers import Doc, Record, Reject, open_binary
 
 _SKIPPED = {"request", "metadata", "warcinfo", "revisit"}
+# the local web's URLs, whatever port it was served on (".invalid": never resolvable, RFC 2606)
+LOCAL_SITE_URL = "http://local-site.invalid"
+LOCAL_SITE_FIELD = "forgeflow-local-site"
 _KNOWN = _SKIPPED | {"response", "resource", "conversion", "continuation"}
 
 
@@ -121,6 +135,7 @@ def _read_records(path: Path, label: str, cfg: ExtractConfig,
     with open(path, "rb") as fh:
         gz = fh.read(2) == b"\x1f\x8b"
         index, done, start = -1, 0, 0     # record index, records read whole, offset
+        local_base = None                 # the local web's served URL, from warcinfo
         while True:                      # one pass per readable stretch of the file
             fh.seek(start)
             it = ArchiveIterator(fh, arc2warc=True)
@@ -133,7 +148,9 @@ def _read_records(path: Path, label: str, cfg: ExtractConfig,
                         broken = (start + it.offset, f"not a WARC record (version "
                                   f"{protocol[:20]!r}, type {str(rec.rec_type)[:20]!r})", None)
                         break
-                    out = _record(rec, index, label, cfg, stats)
+                    if rec.rec_type == "warcinfo":
+                        local_base = _local_site_base(rec) or local_base
+                    out = _record(rec, index, label, cfg, stats, local_base)
                     missing = _drain(rec)        # read the rest: did it all arrive?
                     if missing:
                         length = rec.rec_headers.get_header("Content-Length")
@@ -167,8 +184,8 @@ def _read_records(path: Path, label: str, cfg: ExtractConfig,
                 stats["warc_resyncs"] += 1
             reason = "warc_truncated" if resume is None else "warc_unreadable"
             if rec is not None:          # a half-read record: quarantine it by name
-                yield Reject(reason, detail, key=_key(rec, label, index),
-                             url=rec.rec_headers.get_header("WARC-Target-URI"),
+                url = _target_url(rec, local_base)
+                yield Reject(reason, detail, key=_key(rec, url, label, index), url=url,
                              warc_date=rec.rec_headers.get_header("WARC-Date"))
             else:
                 yield Reject(reason, detail)
@@ -231,14 +248,39 @@ def _drain(rec) -> int:
     return int(getattr(raw, "limit", 0) or 0)
 
 
-def _key(rec, label: str, index: int) -> str:
-    """WARC-Record-ID (a URN unique per record), else file name + record index."""
-    rid = rec.rec_headers.get_header("WARC-Record-ID")
-    return rid if rid else f"{label}#{index}"
+def _local_site_base(rec) -> str | None:
+    """The ``forgeflow-local-site`` field of a warcinfo record (``key: value`` lines)."""
+    try:
+        body = rec.content_stream().read(1 << 16).decode("utf-8", "replace")
+    except Exception:
+        return None
+    for line in body.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() == LOCAL_SITE_FIELD and value.strip():
+            return value.strip().rstrip("/")
+    return None
 
 
-def _record(rec, index: int, label: str, cfg: ExtractConfig,
-            stats: Counter) -> Record | _Meta | None:
+def _target_url(rec, local_base: str | None) -> str | None:
+    url = rec.rec_headers.get_header("WARC-Target-URI")
+    if url and local_base and (url == local_base or url.startswith(local_base + "/")):
+        url = LOCAL_SITE_URL + url[len(local_base):]
+    return url
+
+
+def _key(rec, url: str | None, label: str, index: int, payload: bytes | None = None) -> str:
+    """Target URL + payload digest (the WARC-Payload-Digest header before the payload is
+    read), stable across crawls; file name + record index for a record without a URL."""
+    if not url:
+        return f"{label}#{index}"
+    if payload is not None:
+        return f"url:{url}#xxh3:{xxhash.xxh3_64_hexdigest(payload)}"
+    digest = rec.rec_headers.get_header("WARC-Payload-Digest")
+    return f"url:{url}#{digest}" if digest else f"url:{url}"
+
+
+def _record(rec, index: int, label: str, cfg: ExtractConfig, stats: Counter,
+            local_base: str | None = None) -> Record | _Meta | None:
     rtype = rec.rec_type
     if rtype in _SKIPPED or rtype == "continuation":
         stats[f"skipped_{rtype}"] += 1
@@ -246,10 +288,10 @@ def _record(rec, index: int, label: str, cfg: ExtractConfig,
             return _metadata(rec)
         return None
     h = rec.rec_headers
-    url = h.get_header("WARC-Target-URI")
+    url = _target_url(rec, local_base)
     date = h.get_header("WARC-Date")
     rid = h.get_header("WARC-Record-ID")
-    key = _key(rec, label, index)
+    key = _key(rec, url, label, index)
     where = f"{label} record {index} ({rtype} {url})"
     if rtype == "resource" and cfg.web_resources_only and \
             not (url or "").lower().startswith(("http://", "https://")):
@@ -291,6 +333,7 @@ def _record(rec, index: int, label: str, cfg: ExtractConfig,
                       f"Encoding {rec.http_headers.get_header('Content-Encoding')!r} could "
                       f"not be undone: corrupt or truncated)", key=key, url=url,
                       warc_date=date, content_type=content_type)
+    key = _key(rec, url, label, index, payload)
     mime = _mime(content_type)
     if rtype == "conversion":
         text, how = decode_html(payload, charset_from_content_type(content_type) or "utf-8")
