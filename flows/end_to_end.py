@@ -93,9 +93,10 @@ def end_to_end(config: str, overrides: list[str] | None = None,
     logger = get_run_logger()
     spec = load_spec(config, overrides or [])
     plan = build_plan(spec)
-    env = RunEnv.start(spec, workdir, tags={"forgeflow.config": str(Path(config).resolve())})
     from prefect.runtime import flow_run
     run_key = str(flow_run.get_id())
+    env = RunEnv.start(spec, workdir, tags={"forgeflow.config": str(Path(config).resolve()),
+                                            "forgeflow.prefect_flow_run_id": run_key})
     with _LOCK:
         _RUNS[run_key] = ({n.key: n for n in plan}, env)
     logger.info("plan: %s", " -> ".join(n.key for n in plan))

@@ -17,7 +17,7 @@ from pipeline.plan import Node
 from pipeline.spec import PipelineSpec, flatten
 from pipeline.stage import StageContext
 from pipeline.store import Artifact, ArtifactStore, code_version, compute_identity
-from pipeline.tracking import StageRun, Tracker, redact, resolve_tracking_uri
+from pipeline.tracking import StageRun, Tracker, process_tags, redact, resolve_tracking_uri
 
 log = logging.getLogger("forgeflow")
 
@@ -46,9 +46,11 @@ class RunEnv:
                   if not k.startswith("run.tracking_uri")}
         for name, weight in spec.train.mixture.items():
             params[f"mix.{name}"] = weight
+        tracker.close_orphans(workdir)
         parent = tracker.start_parent(spec.run.name, params,
                                       {"forgeflow.code_version": code_version(),
-                                       "forgeflow.workdir": str(workdir), **(tags or {})})
+                                       "forgeflow.workdir": str(workdir), **process_tags(),
+                                       **(tags or {})})
         configure_ray(spec.run.num_cpus, spec.run.ray_address)
         log.info("MLflow tracking %s, parent run %s", redact(uri), parent)
         return cls(spec, workdir, store, tracker, parent, spec.run.mlflow_ui_url)
