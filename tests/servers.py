@@ -251,3 +251,82 @@ def mlflow_server(tmp: Path):
             yield url, artifacts, kind
         finally:
             proc.stop()
+
+
+def _own_ray_pids(marker: str) -> list[int]:
+    """PIDs of processes whose command line names this cluster's temp dir (ours only)."""
+    import psutil
+    pids = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(marker in part for part in (p.info["cmdline"] or [])):
+                pids.append(p.info["pid"])
+    return pids
+
+
+@contextlib.contextmanager
+def ray_cluster(tmp: Path, cpus_per_node: int = 1):
+    """A Ray head and a second Ray node, separate `ray start --block` processes on 127.0.0.1,
+    each with its own temp dir; yields (address, [head_dir, worker_dir]). Stopped by killing
+    these process groups and any process naming our temp dirs (never `ray stop`, which would
+    take down every Ray on the machine)."""
+    import tempfile
+    port = free_port()
+    # Ray's socket paths must stay short: temp dirs directly under /tmp
+    dirs = [Path(tempfile.mkdtemp(prefix=f"ffray{i}-")) for i in range(2)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO)
+    common = ["--num-cpus", str(cpus_per_node), "--num-gpus", "0", "--node-ip-address", "127.0.0.1",
+              "--disable-usage-stats", "--block"]
+    head = Proc([str(BIN / "ray"), "start", "--head", "--port", str(port), "--temp-dir", str(dirs[0]),
+                 "--include-dashboard", "false", "--ray-client-server-port", str(free_port()),
+                 "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+                 "--min-worker-port", "0", "--max-worker-port", "0", *common],
+                tmp / "ray-head.log", env)
+    procs = [head]
+    try:
+        address = f"127.0.0.1:{port}"
+        _wait_nodes(address, 1, head)
+        procs.append(Proc([str(BIN / "ray"), "start", "--address", address, "--temp-dir", str(dirs[1]),
+                           "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+                           "--min-worker-port", "0", "--max-worker-port", "0", *common],
+                          tmp / "ray-worker.log", env))
+        _wait_nodes(address, 2, procs[1])
+        print(f"[servers] Ray cluster {address}: 2 nodes x {cpus_per_node} CPU")
+        yield address, dirs
+    finally:
+        for p in reversed(procs):
+            p.stop(signal.SIGTERM, timeout=30)
+        for d in dirs:
+            for pid in _own_ray_pids(str(d)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _wait_nodes(address: str, n: int, proc: Proc, timeout: float = 420) -> None:
+    """Wait until the cluster has ``n`` alive nodes (asked from a short-lived subprocess,
+    so this test process never joins the cluster)."""
+    code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False);"
+            "print(sum(x['Alive'] for x in ray.nodes()))")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.alive(), proc.tail()
+        r = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True,
+                           timeout=300, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+        if r.returncode == 0 and r.stdout.strip().splitlines()[-1:] == [str(n)]:
+            return
+        time.sleep(3)
+    raise AssertionError(f"Ray cluster at {address} never had {n} nodes:\n{proc.tail()}")
+
+
+def ray_node_work(temp_dir: Path) -> set[str]:
+    """Names of the tasks and actors whose output Ray's workers on this node wrote to their
+    logs (each task/actor start writes a ``:task_name:``/``:actor_name:`` line)."""
+    names = set()
+    for f in temp_dir.glob("session_*/logs/worker-*.out"):
+        for line in f.read_text(errors="replace").splitlines():
+            if line.startswith((":task_name:", ":actor_name:")):
+                names.add(line.split(":", 2)[2].strip())
+    return names
