@@ -67,12 +67,12 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None):
     if address:
         ray.init(address=address, **kwargs)
     else:
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             try:
                 ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
                 break
             except Exception as exc:     # Ray waits a fixed 30 s for its raylet to register
-                if attempt == 2 or "timed out during startup" not in str(exc):
+                if attempt == 3 or "timed out during startup" not in str(exc):
                     raise
                 ray.shutdown()
     import ray.data

@@ -52,22 +52,35 @@ def is_server(uri: str) -> bool:
     return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
 
 
+def _started(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux /proc), "" elsewhere:
+    with the pid, it tells a live process from a later one that reused the pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
 def process_tags() -> dict[str, str]:
     """Who runs this pipeline: with the workdir tag, enough to tell on the next start
     whether a RUNNING run's process is gone (killed, crashed, machine rebooted)."""
-    import psutil
-    me = psutil.Process()
-    return {"forgeflow.host": socket.gethostname(), "forgeflow.pid": str(me.pid),
-            "forgeflow.pid_started": f"{me.create_time():.3f}"}
+    pid = os.getpid()
+    return {"forgeflow.host": socket.gethostname(), "forgeflow.pid": str(pid),
+            "forgeflow.pid_started": _started(pid)}
 
 
 def _process_gone(tags: dict[str, str]) -> bool:
-    import psutil
     try:
-        started = psutil.Process(int(tags["forgeflow.pid"])).create_time()
-    except (KeyError, ValueError, psutil.Error):
+        pid = int(tags["forgeflow.pid"])
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return True
-    return abs(started - float(tags.get("forgeflow.pid_started", 0))) > 1.0   # pid reused
+    except (KeyError, ValueError):
+        return True
+    except PermissionError:          # alive, another user's
+        pass
+    return _started(pid) != tags.get("forgeflow.pid_started", "")   # "" == "" off Linux
 
 
 class Tracker:

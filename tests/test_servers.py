@@ -78,6 +78,7 @@ def test_scheduled_run_fires_and_tracks_to_the_mlflow_server(prefect_api, mlflow
     env = prefect_env(tmp_path / "client", prefect_api)
     env["PREFECT_RUNNER_POLL_FREQUENCY"] = "2"
     env["MLFLOW_TRACKING_URI"] = ml_url
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "600"
     served = Proc([str(BIN / "python"), "-m", "flows.cli", "serve", str(spec), "train.steps=3",
                    "--interval", "20s", "--name", "tiny-every-20s", "--workdir", str(workdir)],
                   tmp_path / "serve.log", env)
@@ -151,7 +152,7 @@ def test_killed_runs_are_marked_killed_on_next_start(mlflow_api, tmp_path):
     tracker = Tracker(ml_url, "orphans")
     wd, other = tmp_path / "wd", tmp_path / "other"
     here = socket.gethostname()
-    dead = {"forgeflow.host": here, "forgeflow.pid": str(_dead_pid()), "forgeflow.pid_started": "1.0"}
+    dead = {"forgeflow.host": here, "forgeflow.pid": str(_dead_pid()), "forgeflow.pid_started": "1"}
 
     def pipeline(workdir, tags):
         pid = tracker.start_parent("p", {}, {"forgeflow.workdir": str(workdir.resolve()), **tags})

@@ -25,3 +25,26 @@ def test_ray_address_from_the_environment_wins_over_the_spec(monkeypatch):
     assert engine.ray_address() == "auto"                 # the environment wins
     assert engine.ray_address("ray://head:10001") == "auto"
     engine.configure_ray(None, None)
+
+
+def test_schedules_parse_and_deploy_needs_a_server(tmp_path):
+    import datetime as dt
+
+    import pytest
+
+    from flows.deploy import DeployError, parse_interval, schedules
+    from tests.e2e_util import cli_env
+    from tests.servers import cli, tiny_spec
+    assert parse_interval("90") == dt.timedelta(seconds=90)
+    assert parse_interval("15m") == dt.timedelta(minutes=15)
+    assert parse_interval("7d") == dt.timedelta(days=7)
+    for bad in ("0", "-3", "fortnightly", "5w"):
+        with pytest.raises(DeployError, match="--interval"):
+            parse_interval(bad)
+    cron, every = schedules("0 3 * * *", "6h")
+    assert cron.cron == "0 3 * * *" and cron.timezone == "UTC" and every.interval == dt.timedelta(hours=6)
+    with pytest.raises(DeployError, match="--cron"):
+        schedules("every night")
+    env = cli_env(tmp_path)                     # no PREFECT_API_URL
+    proc = cli("serve", str(tiny_spec(tmp_path)), "--interval", "1h", env=env, check=False)
+    assert proc.returncode == 2 and "PREFECT_API_URL is not set" in proc.stderr
