@@ -11,6 +11,8 @@
     forgeflow verify [--workdir DIR] [--deep] [--quarantine]  check artifacts against their manifests
     forgeflow gc [--workdir DIR] [--keep-runs N] [--dry-run]  remove what no recent run uses
     forgeflow ui [--workdir DIR]                            Prefect + MLflow UIs on 127.0.0.1
+    forgeflow deploy [CONFIG [key=value ...] --cron/--interval]  register deployments (PREFECT_API_URL)
+    forgeflow serve CONFIG [key=value ...] --cron/--interval     serve a scheduled deployment here
 
 Prefect is imported only by ``run`` (after PREFECT_HOME is set to the workdir's store),
 so validate/schema/inspect are fast.
@@ -412,6 +414,42 @@ def _mlflow_experiment_link(uri: str, ui_url: str) -> str | None:
         return None
     exp = max(exps, key=lambda e: e.last_update_time or 0)
     return experiment_url(ui_url, exp.experiment_id)
+def _deploy_errors(fn):
+    """deploy/serve: a bad spec or a missing server is one line on stderr, exit 2."""
+    def wrapper(args) -> int:
+        from flows.deploy import DeployError
+        from pipeline.spec import SpecError
+        try:
+            return fn(args) or 0
+        except (DeployError, SpecError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return wrapper
+
+
+@_deploy_errors
+def cmd_deploy(args) -> int:
+    from flows import deploy
+    if args.config is None:
+        if args.cron or args.interval or args.overrides:
+            raise deploy.DeployError("--cron/--interval/overrides need a CONFIG "
+                                     "(without one, the deployments of --prefect-file are registered)")
+        return deploy.deploy_file(args.prefect_file or deploy.DEFAULT_PREFECT_FILE,
+                                  [args.name] if args.name else None)
+    dep_id = deploy.deploy_spec(args.config, args.overrides, args.workdir, args.name,
+                                args.cron, args.interval, args.timezone, args.pool)
+    print(f"deployment {dep_id} registered on work pool {args.pool!r}; "
+          f"start a worker: prefect worker start --pool {args.pool}")
+    return 0
+
+
+@_deploy_errors
+def cmd_serve(args) -> int:
+    from flows import deploy
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    deploy.serve_spec(args.config, args.overrides, args.workdir, args.name,
+                      args.cron, args.interval, args.timezone, args.limit)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -485,6 +523,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefect-port", type=int, default=4200)
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
+
+    def with_schedule(p):
+        p.add_argument("--cron", help="cron expression, e.g. '0 3 * * *'")
+        p.add_argument("--interval", help="seconds or a duration: 90s, 15m, 6h, 7d")
+        p.add_argument("--timezone", default="UTC", help="time zone of --cron (default UTC)")
+        p.add_argument("--name", help="deployment name (default run.name)")
+
+    p = sub.add_parser("deploy", help="register deployments with the Prefect server at PREFECT_API_URL")
+    p.add_argument("config", nargs="?", help="YAML spec (default: every deployment of --prefect-file)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200")
+    p.add_argument("--workdir", help="the runs' workdir (default run.workdir, made absolute)")
+    p.add_argument("--prefect-file", default=None, help="prefect.yaml (default deploy/prefect.yaml)")
+    p.add_argument("--pool", default="forgeflow-process", help="process work pool (created if missing)")
+    with_schedule(p)
+    p.set_defaults(func=cmd_deploy)
+    p = sub.add_parser("serve", help="serve a deployment of one spec from this process (Prefect serve)")
+    with_config(p)
+    with_schedule(p)
+    p.add_argument("--limit", type=int, default=1, help="concurrent runs (default 1)")
+    p.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
     from pipeline.secrets import install_log_redaction
     install_log_redaction()        # every log record of every command, whatever its handler

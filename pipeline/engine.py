@@ -1,7 +1,7 @@
 """Ray helpers shared by the document stages.
 
 ``ensure_ray`` starts a local Ray on demand (CPU count from the spec) or connects to a
-cluster address from the spec or ``RAY_ADDRESS``. Document datasets are directories
+cluster address from ``RAY_ADDRESS`` or the spec (the environment wins). Document datasets are directories
 of Parquet files (``<artifact>/data/*.parquet``, rejected rows in
 ``<artifact>/rejected/*.parquet``) read and written through Ray Data in batches.
 """
@@ -33,10 +33,27 @@ def configure_ray(num_cpus: int | None = None, address: str | None = None) -> No
     _RAY_SETTINGS.update(num_cpus=num_cpus, address=address)
 
 
-def ray_address() -> str | None:
-    """The Ray cluster to use (the spec's ``run.ray_address``, else ``RAY_ADDRESS``);
-    None = a local Ray started on demand."""
-    return _RAY_SETTINGS["address"] or os.environ.get("RAY_ADDRESS") or None
+def ray_address(address: str | None = None) -> str | None:
+    """The cluster to connect to: ``RAY_ADDRESS`` wins over the spec's ``run.ray_address``
+    (as MLFLOW_TRACKING_URI wins over ``run.tracking_uri``: the environment is where a
+    deployment says where it runs); neither means a local Ray started on demand."""
+    return (os.environ.get("RAY_ADDRESS") or address or _RAY_SETTINGS["address"]) or None
+
+
+# Passed to every Ray worker: workers import `pipeline` from this checkout even without an
+# install, and log to the same MLflow server with the same credentials as the driver.
+WORKER_ENV_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                   "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
+                   "MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_S3_ENDPOINT_URL",
+                   "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def worker_env() -> dict[str, str]:
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}
+    env.update({k: os.environ[k] for k in WORKER_ENV_VARS if os.environ.get(k)})
+    return env
 
 
 def ensure_ray(num_cpus: int | None = None, address: str | None = None):
@@ -54,14 +71,9 @@ def ensure_ray(num_cpus: int | None = None, address: str | None = None):
 def _init_ray(ray, num_cpus: int | None, address: str | None) -> None:
     from pipeline.logs import quiet_library_handlers, route_ray_worker_output
     quiet_library_handlers()        # Ray's own console handler: its start-up lines to the log file
-    address = address or ray_address()
+    address = ray_address(address)
     num_cpus = num_cpus or _RAY_SETTINGS["num_cpus"]
-    # Workers must import `pipeline` from this checkout even without an install.
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    pythonpath = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)
-    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath,
-                                "TOKENIZERS_PARALLELISM": "false"}}
-    kwargs = dict(runtime_env=runtime_env, ignore_reinit_error=True,
+    kwargs = dict(runtime_env={"env_vars": worker_env()}, ignore_reinit_error=True,
                   include_dashboard=False, log_to_driver=True,
                   logging_level="WARNING")
     if address:

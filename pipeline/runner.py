@@ -18,7 +18,8 @@ from pipeline.plan import Node
 from pipeline.spec import PipelineSpec, flatten
 from pipeline.stage import StageContext, removal_report
 from pipeline.store import Artifact, ArtifactStore, code_version, compute_identity
-from pipeline.tracking import StageRun, Tracker, redact, resolve_tracking_uri, run_name
+from pipeline.tracking import (StageRun, Tracker, process_tags, redact, resolve_tracking_uri,
+                               run_name)
 
 log = logging.getLogger("forgeflow")
 
@@ -52,9 +53,11 @@ class RunEnv:
                   if not k.startswith("run.tracking_uri")}
         for name, weight in (spec.train.mixture if spec.train else {}).items():
             params[f"mix.{name}"] = weight
+        tracker.close_orphans(workdir)
         parent = tracker.start_parent(name or run_name(spec.run.name), params,
                                       {"forgeflow.code_version": code_version(),
-                                       "forgeflow.workdir": str(workdir), **(tags or {})},
+                                       "forgeflow.workdir": str(workdir), **process_tags(),
+                                       **(tags or {})},
                                       parent_id=parent_run_id)
         configure_ray(spec.run.num_cpus, spec.run.ray_address)
         log.info("MLflow tracking %s, parent run %s", redact(uri), parent)

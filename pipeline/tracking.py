@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline.secrets import redact  # noqa: F401  (the one redactor; re-exported here)
+log = logging.getLogger("forgeflow")
 
 MAX_PARAM_LEN = 6000
 BATCH = 100
@@ -109,6 +112,43 @@ def _sqlite_init_lock(uri: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def is_server(uri: str) -> bool:
+    """A tracking server (http/https/databricks) owns its artifact store; a local SQLite or
+    file store keeps artifacts beside the workdir."""
+    return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
+
+
+def _started(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux /proc), "" elsewhere:
+    with the pid, it tells a live process from a later one that reused the pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs this pipeline: with the workdir tag, enough to tell on the next start
+    whether a RUNNING run's process is gone (killed, crashed, machine rebooted)."""
+    pid = os.getpid()
+    return {"forgeflow.host": socket.gethostname(), "forgeflow.pid": str(pid),
+            "forgeflow.pid_started": _started(pid)}
+
+
+def _process_gone(tags: dict[str, str]) -> bool:
+    try:
+        pid = int(tags["forgeflow.pid"])
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (KeyError, ValueError):
+        return True
+    except PermissionError:          # alive, another user's
+        pass
+    return _started(pid) != tags.get("forgeflow.pid_started", "")   # "" == "" off Linux
+
+
 class Tracker:
     """A thin layer over MlflowClient for one pipeline run."""
 
@@ -119,16 +159,27 @@ class Tracker:
             self.client = MlflowClient(tracking_uri=tracking_uri)   # creates the tables
             exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            location = artifact_root.resolve().as_uri() if artifact_root else None
+            # against a server, artifacts go to the server's artifact store (--serve-artifacts
+            # or its --default-artifact-root), never to a path on this client's disk
+            location = (artifact_root.resolve().as_uri()
+                        if artifact_root and not is_server(tracking_uri) else None)
             try:
                 self.experiment_id = self.client.create_experiment(
                     experiment, artifact_location=location,
                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-            except Exception:      # created concurrently
-                exp = self.client.get_experiment_by_name(experiment)
+            except Exception as exc:
+                exp = self.client.get_experiment_by_name(experiment)   # created concurrently?
+                if exp is None:
+                    raise RuntimeError(f"MLflow at {redact(tracking_uri)}: cannot create experiment "
+                                       f"{experiment!r}: {type(exc).__name__}: {exc}") from exc
                 self.experiment_id = exp.experiment_id
         else:
             self.experiment_id = exp.experiment_id
+            if is_server(tracking_uri) and exp.artifact_location.startswith(("file:", "/")):
+                log.warning("MLflow experiment %r stores artifacts at %s, a path on the client's "
+                            "disk, not in the server's artifact store; use a new experiment name "
+                            "(run.experiment) to have them on the server", experiment,
+                            exp.artifact_location)
         if exp is not None and not exp.tags.get(EXPERIMENT_KIND_TAG):
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
@@ -173,6 +224,34 @@ class Tracker:
                     "forgeflow.node": key, "forgeflow.identity": identity, **(tags or {})}
         run = self.client.create_run(self.experiment_id, run_name=key, tags=_clean_tags(all_tags))
         return StageRun(self, run.info.run_id)
+
+    def close_orphans(self, workdir: Path) -> list[str]:
+        """Mark KILLED the RUNNING pipeline runs of ``workdir`` whose process on this host is
+        gone (a killed or crashed run never ends its MLflow runs), with their stage runs.
+        Runs started on other hosts are left alone: their process cannot be checked here."""
+        wd = str(Path(workdir).resolve()).replace("'", "\\'")
+        host = socket.gethostname()
+        stale = [r for r in self.client.search_runs(
+                     [self.experiment_id], max_results=1000,
+                     filter_string=f"attributes.status = 'RUNNING' and tags.`forgeflow.kind` = "
+                                   f"'pipeline' and tags.`forgeflow.workdir` = '{wd}'")
+                 if r.data.tags.get("forgeflow.host") == host and _process_gone(r.data.tags)]
+        closed = []
+        for parent in stale:
+            kids = self.client.search_runs(
+                [self.experiment_id], max_results=1000,
+                filter_string=f"attributes.status = 'RUNNING' and "
+                              f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+            for run in [*kids, parent]:
+                self.client.set_tag(run.info.run_id, "forgeflow.killed_reason",
+                                    f"process {parent.data.tags.get('forgeflow.pid')} on {host} "
+                                    "ended without finishing this run")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                closed.append(run.info.run_id)
+            log.warning("MLflow run %s of an earlier run in %s (pid %s) was left RUNNING: marked "
+                        "KILLED with %d stage run(s)", parent.info.run_id, wd,
+                        parent.data.tags.get("forgeflow.pid"), len(kids))
+        return closed
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

@@ -150,6 +150,8 @@ class _MlflowLogger:
         self.client = None
         self.run_id = run_id
         self.prefix = prefix
+        self.failures = 0
+        self.last_error = ""
         if tracking_uri and run_id:
             from mlflow.tracking import MlflowClient
 
@@ -165,8 +167,11 @@ class _MlflowLogger:
                    if v is not None and math.isfinite(float(v))]
         try:
             self.client.log_batch(self.run_id, metrics=metrics)
-        except Exception as exc:  # tracking must never end a training run
-            print(f"[train] MLflow logging failed at step {step}: {exc}", flush=True)
+        except Exception as exc:  # tracking must never end a training run, but is reported:
+            self.failures += 1    # counted into the summary (metric tracking_failures, a note)
+            self.last_error = f"step {step}: {type(exc).__name__}: {str(exc)[:300]}"
+            if self.failures == 1 or self.failures % 100 == 0:
+                print(f"[train] MLflow logging failed ({self.failures}x), {self.last_error}", flush=True)
 
 
 # ---- the loop ---------------------------------------------------------------------------
@@ -349,6 +354,8 @@ def train_worker(spec: dict) -> dict | None:
                    **{f"final_val_loss.{s}": v for s, v in last_val.items()}}
         if peak:
             summary["mfu"] = fpt * summary["tokens_per_s"] / (peak * world)
+        if mlf is not None and mlf.failures:
+            summary.update(tracking_failures=mlf.failures, tracking_last_error=mlf.last_error)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     _barrier()
     return summary

@@ -222,6 +222,9 @@ def _finish(ctx: StageContext, summary: dict, mixture: dict[str, float],
     ctx.note(f"**{title}**: {int(summary['steps'])} steps, {summary['tokens_seen']:,} tokens, "
              f"{int(summary.get('params', 0)):,} params, final loss {summary['final_loss']:.4f}, "
              f"{summary['tokens_per_s']:,.0f} tokens/s")
+    if summary.get("tracking_failures"):
+        ctx.note(f"- **warning**: {int(summary['tracking_failures'])} MLflow metric logging call(s) "
+                 f"failed (last at {summary.get('tracking_last_error')}); train_log.jsonl has every step")
     for k in sorted(k for k in summary if k.startswith("final_val_loss.")):
         ctx.note(f"- val loss {k.split('.', 1)[1]}: {summary[k]:.4f}")
     ctx.note("- mixture: " + ", ".join(f"{s} {w:.3f}" for s, w in mixture.items()))
