@@ -22,6 +22,10 @@ import xxhash
 from pipeline.tokenize.config import TokenizerConfig
 
 REQUIRED_FILES = ("tokenizer.json", "tokenizer_config.json")
+# What save_pretrained writes for a tokenizer (a model directory holds weights beside them)
+TOKENIZER_FILES = REQUIRED_FILES + ("special_tokens_map.json", "added_tokens.json", "vocab.json",
+                                    "merges.txt", "tokenizer.model", "chat_template.jinja",
+                                    "chat_template.json")
 
 
 # ---- training --------------------------------------------------------------------------
@@ -82,6 +86,16 @@ def check_tokenizer_dir(path: Path) -> None:
         raise ValueError(f"{path / 'tokenizer_config.json'} is not valid JSON: {exc}") from None
 
 
+def tokenizer_files(path: Path) -> list[Path]:
+    """The tokenizer's files in a tokenizer or model directory (never the weights)."""
+    path = Path(path)
+    return [path / f for f in TOKENIZER_FILES if (path / f).is_file()]
+
+
+def has_tokenizer(path: Path) -> bool:
+    return all((Path(path) / f).is_file() for f in REQUIRED_FILES)
+
+
 def resolve_tokenizer_dir(path: Path) -> Path:
     """Accept either the tokenizer directory or an artifact that holds ``tokenizer/``."""
     path = Path(path)
@@ -117,11 +131,14 @@ def load_tokenizer(path: Path):
 
 
 def copy_tokenizer(src: Path, dst: Path) -> Path:
+    """Copy the tokenizer files of ``src`` (a tokenizer or a whole model directory)."""
     src = resolve_tokenizer_dir(src)
     check_tokenizer_dir(src)
     if dst.exists():
         shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+    dst.mkdir(parents=True)
+    for f in tokenizer_files(src):
+        shutil.copy2(f, dst / f.name)
     return dst
 
 
