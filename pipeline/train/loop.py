@@ -39,7 +39,8 @@ import torch.nn.functional as F
 
 from pipeline.progress import Progress
 from pipeline.train.config import ScheduleConfig, TrainConfig
-from pipeline.train.model import (CausalLMLoss, build_model, count_params, flops_per_token,
+from pipeline.train.model import (CausalLMLoss, build_model, count_params,
+                                  enable_activation_checkpointing, flops_per_token,
                                   gpu_peak_flops, load_init_model, load_model, quiet_transformers,
                                   resolve_init)
 from pipeline.train.schedules import lr_at
@@ -410,7 +411,7 @@ def train_worker(spec: dict) -> dict | None:
                           attention=cfg.attention, seed=cfg.seed)
     raw.to(device)
     if cfg.activation_checkpointing:      # per decoder block, recomputed in backward
-        raw.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(raw)
     optimizer = make_optimizer(raw, cfg, device)
     ckpt = latest_checkpoint(out_dir)
     start_step = 0
@@ -459,7 +460,8 @@ def train_worker(spec: dict) -> dict | None:
                         enabled=rank == 0 and spec.get("show_progress", True))
     meta = {"fingerprint": spec["fingerprint"], "world_size": world}
     halt_after = spec.get("halt_after_step")   # tests: simulate a kill after this step
-    nan_steps = set(spec.get("inject_nan_steps") or ())   # tests: poison these steps' loss
+    # tests: multiply the loss of these (0-based) steps, e.g. by nan
+    loss_scale = {int(k): float(v) for k, v in (spec.get("inject_loss_scale") or {}).items()}
     guard = StepGuard(cfg.max_bad_steps, cfg.spike_factor, name)
     last_loss, last_val, initial_val = float("nan"), {}, {}
     t_run = time.perf_counter()
@@ -483,8 +485,8 @@ def train_worker(spec: dict) -> dict | None:
             sync = i == n_micro - 1 or not hasattr(model, "no_sync")
             with (contextlib.nullcontext() if sync else model.no_sync()):
                 loss = lm_loss(model, batch[i * micro:(i + 1) * micro], autocast) / n_micro
-                if step in nan_steps:
-                    loss = loss * float("nan")
+                if step in loss_scale:
+                    loss = loss * loss_scale[step]
                 loss.backward()
             loss_sum += loss.detach().double()
         clip = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip > 0 else float("inf")

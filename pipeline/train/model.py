@@ -222,16 +222,17 @@ class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, targets, chunk):
         need = ctx.needs_input_grad
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        acc = torch.promote_types(h.dtype, torch.float32)      # fp32 (fp64 stays fp64)
+        total = torch.zeros((), dtype=acc, device=h.device)
         dh = torch.empty_like(h) if need[0] else None
-        dw = torch.zeros_like(weight, dtype=torch.float32) if need[1] else None
-        db = torch.zeros_like(bias, dtype=torch.float32) if (bias is not None and need[2]) else None
+        dw = torch.zeros_like(weight, dtype=acc) if need[1] else None
+        db = torch.zeros_like(bias, dtype=acc) if (bias is not None and need[2]) else None
         w = weight.to(h.dtype)
         for s in range(0, h.shape[0], chunk):
             hc, yc = h[s:s + chunk], targets[s:s + chunk]
-            logits = (hc @ w.t()).float()
+            logits = (hc @ w.t()).to(acc)
             if bias is not None:
-                logits += bias.float()
+                logits += bias.to(acc)
             valid = yc >= 0
             yv = torch.where(valid, yc, 0)
             lse = torch.logsumexp(logits, dim=-1)
@@ -246,7 +247,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
             if dh is not None:
                 dh[s:s + chunk] = (g.to(h.dtype) @ w).to(h.dtype)
             if dw is not None:
-                dw += g.t() @ hc.float()
+                dw += g.t() @ hc.to(acc)
             if db is not None:
                 db += g.sum(0)
         ctx.save_for_backward(dh, dw, db)
@@ -305,6 +306,16 @@ class CausalLMLoss(torch.nn.Module):
         hidden = self.lm.base_model(input_ids=x).last_hidden_state
         head = self.lm.get_output_embeddings()
         return chunked_cross_entropy(hidden, head.weight, head.bias, y, self.chunk)
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute every decoder block in backward (transformers' per-layer checkpointing,
+    non-reentrant): activations kept per block are its input only."""
+    kw = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):       # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
 
 def count_params(model: torch.nn.Module) -> int:
