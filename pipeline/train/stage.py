@@ -244,6 +244,26 @@ def _finish(ctx: StageContext, summary: dict, mixture: dict[str, float],
     return metrics
 
 
+def _log_model(ctx: StageContext, cfg: TrainConfig, metrics: dict) -> None:
+    """The final HF export as an MLflow model on the stage's run (``train.log_model``),
+    registered as ``train.register_as`` when set (see ``pipeline/train/export.py``)."""
+    if not (cfg.log_model and ctx.tracking_uri and ctx.mlflow_run_id):
+        return
+    from pipeline.train.export import log_hf_model
+
+    try:
+        info = log_hf_model(ctx.out_dir / "hf", ctx.tracking_uri, ctx.mlflow_run_id,
+                            register_as=cfg.register_as, description=f"forgeflow stage {ctx.name}")
+    except Exception as exc:        # tracking must never fail a finished training run
+        ctx.note(f"- WARNING: logging the model to MLflow failed: {exc}")
+        return
+    ctx.note(f"- MLflow model `{info['model_uri']}`" + (
+        f", registered as `{cfg.register_as}` version {info['registered_version']}"
+        if cfg.register_as else ""))
+    if info["registered_version"] is not None:
+        metrics["registered_version"] = float(info["registered_version"])
+
+
 # ---- entry points -----------------------------------------------------------------------
 
 def run_pretrain(cfg: TrainConfig, shards_dir: Path, ctx: StageContext) -> dict:
@@ -263,7 +283,9 @@ def run_pretrain(cfg: TrainConfig, shards_dir: Path, ctx: StageContext) -> dict:
                      schedule=cfg.schedule, steps=cfg.steps, tracking_uri=ctx.tracking_uri,
                      run_id=ctx.mlflow_run_id, show_progress=ctx.show_progress)
     summary = execute(spec, cfg, ctx.num_cpus)
-    return _finish(ctx, summary, mixture, cfg.schedule, cfg.steps, ctx.name)
+    metrics = _finish(ctx, summary, mixture, cfg.schedule, cfg.steps, ctx.name)
+    _log_model(ctx, cfg, metrics)
+    return metrics
 
 
 def run_continual(phase: PhaseConfig, train_cfg: TrainConfig, shards_dir: Path,
@@ -304,5 +326,7 @@ def run_continual(phase: PhaseConfig, train_cfg: TrainConfig, shards_dir: Path,
                      run_id=ctx.mlflow_run_id, init_hf_dir=init_dir / "hf",
                      init_optimizer=init_opt, show_progress=ctx.show_progress)
     summary = execute(spec, cfg, ctx.num_cpus)
-    return _finish(ctx, summary, mixture, phase.schedule, phase.steps,
-                   f"{ctx.name} ({phase.schedule.kind}, replay {phase.replay:g})")
+    metrics = _finish(ctx, summary, mixture, phase.schedule, phase.steps,
+                      f"{ctx.name} ({phase.schedule.kind}, replay {phase.replay:g})")
+    _log_model(ctx, cfg, metrics)
+    return metrics
