@@ -39,8 +39,9 @@ import torch.nn.functional as F
 
 from pipeline.progress import Progress
 from pipeline.train.config import ScheduleConfig, TrainConfig
+from pipeline.tokenize.tokenizer import read_extension
 from pipeline.train.model import (CausalLMLoss, build_model, count_params,
-                                  enable_activation_checkpointing, flops_per_token,
+                                  enable_activation_checkpointing, extend_embeddings, flops_per_token,
                                   gpu_peak_flops, load_init_model, load_model, quiet_transformers,
                                   resolve_init)
 from pipeline.train.schedules import lr_at
@@ -409,6 +410,10 @@ def train_worker(spec: dict) -> dict | None:
     else:
         raw = build_model(cfg.model, spec["vocab_size"], spec.get("eos_token_id"),
                           attention=cfg.attention, seed=cfg.seed)
+    extension = read_extension(Path(spec["tokenizer_dir"]))
+    if extension and extend_embeddings(raw, extension) and rank == 0:   # domain tokenizer
+        print(f"[{name}] embeddings grown to {extension['vocab_size']} rows "
+              f"({len(extension['new_tokens'])} domain tokens, mean-initialised)", flush=True)
     raw.to(device)
     if cfg.activation_checkpointing:      # per decoder block, recomputed in backward
         enable_activation_checkpointing(raw)

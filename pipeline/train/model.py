@@ -208,6 +208,35 @@ def load_init_model(init: InitSource, attention: str = "sdpa") -> torch.nn.Modul
     return model
 
 
+def extend_embeddings(model, extension: dict) -> int:
+    """Grow the input embeddings and the LM head to the extended tokenizer's vocabulary
+    and initialise each new row (input and, when untied, output) as the mean of the rows
+    of the base tokens it decomposes into (ChipNeMo). Rows of old ids are untouched.
+    Returns the number of rows added (0 when the model is already that large)."""
+    new_size = int(extension["vocab_size"])
+    old = model.get_input_embeddings().weight.shape[0]
+    if new_size <= old:
+        return 0
+    if old < int(extension["base_vocab_size"]):
+        raise ValueError(f"the model embeds {old} tokens, fewer than the base tokenizer's "
+                         f"{extension['base_vocab_size']} that the extension starts from")
+    model.resize_token_embeddings(new_size, mean_resizing=False)
+    tables = [model.get_input_embeddings().weight]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not tables[0]:
+        tables.append(head.weight)
+    with torch.no_grad():
+        for t in extension["new_tokens"]:
+            if t["id"] >= old:
+                for w in tables:
+                    w[t["id"]] = w[torch.tensor(t["base_ids"])].mean(0)
+        if head is not None and getattr(head, "bias", None) is not None:
+            for t in extension["new_tokens"]:
+                if t["id"] >= old:
+                    head.bias[t["id"]] = head.bias[torch.tensor(t["base_ids"])].mean()
+    return new_size - old
+
+
 # ---- the loss: chunked cross-entropy over the LM head -------------------------------------
 
 class _ChunkedLinearCE(torch.autograd.Function):

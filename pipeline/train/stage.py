@@ -111,7 +111,12 @@ def loop_spec(cfg: TrainConfig, shards_dir: Path, out_dir: Path, *, name: str,
     facts = init_facts(cfg, init_hf_dir)
     init_path = None
     if facts:
+        from pipeline.tokenize.tokenizer import read_extension
+
         model_vocab = facts["model"]["vocab_size"]
+        ext = read_extension(tok_dir)
+        if ext and ext["base_vocab_size"] <= model_vocab:
+            model_vocab = max(model_vocab, ext["vocab_size"])   # grown by extend_embeddings
         if vocab_size > model_vocab:
             raise ValueError(f"the tokenizer {tok_dir} has {vocab_size} tokens but the init "
                              f"model {facts['init'].path} embeds only {model_vocab}")
