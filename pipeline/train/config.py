@@ -115,7 +115,7 @@ class TrainConfig(Model):
                                   "checkpoint_every", "compile", "activation_checkpointing",
                                   "loss_chunk_tokens", "keep_last", "keep_every",
                                   "export_hf_every", "max_bad_steps", "spike_factor",
-                                  "register_as", "log_model", "max_failures"})
+                                  "register_as", "log_model", "max_failures", "parallelism"})
 
     init: InitConfig | None = Field(None, description="continue this pretrained model")
     model: ModelConfig = ModelConfig()
@@ -137,6 +137,9 @@ class TrainConfig(Model):
     use_gpu: bool = False
     cpus_per_worker: int = Field(1, ge=1)
     micro_batch_size: int | None = Field(None, ge=1, description="per-worker micro batch (gradient accumulation)")
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: replicate the model; fsdp: FSDP2 fully_shard per block + root "
+                           "(parameters, gradients and AdamW state sharded; sharded checkpoints)")
     compile: bool = False   # torch.compile on GPU only
     log_every: int = Field(10, ge=1, description="progress line + MLflow flush every N steps")
     eval_every: int = Field(100, ge=0, description="0 = only at the end")

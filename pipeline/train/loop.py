@@ -48,6 +48,7 @@ from pipeline.train.schedules import lr_at
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "state.pt"
+SHARDED_DIR = "sharded"     # FSDP: torch.distributed.checkpoint shards of model + AdamW
 
 
 # ---- distributed helpers (no-ops in the single-process path) ----------------------------
@@ -115,17 +116,22 @@ def val_windows(n_tokens: int, context: int, budget: int) -> list[tuple[int, int
 
 @torch.no_grad()
 def val_loss(model, val_sets: dict, context: int, budget: int, rank: int, world: int,
-             device, autocast) -> dict[str, float]:
-    """Mean token NLL per source over fixed windows, split across ranks and summed."""
+             device, autocast, lockstep: bool = False) -> dict[str, float]:
+    """Mean token NLL per source over fixed windows, split across ranks and summed.
+    ``lockstep`` (FSDP: every forward all-gathers, so all ranks must run as many): ranks
+    short of windows score a repeat with weight 0."""
     out = {}
     model.eval()
     for src in sorted(val_sets):
         windows = val_windows(val_sets[src].n_tokens, context, budget)
         acc = torch.zeros(2, dtype=torch.float64, device=device)
-        for start, length in windows[rank::world]:
+        mine = [(w, 1) for w in windows[rank::world]]
+        if lockstep and windows:
+            mine += [(windows[0], 0)] * (-(-len(windows) // world) - len(mine))
+        for (start, length), weight in mine:
             row = torch.from_numpy(val_sets[src].window(start, length)).to(device)[None]
-            acc[0] += lm_loss(model, row, autocast).double() * (length - 1)
-            acc[1] += length - 1
+            acc[0] += lm_loss(model, row, autocast).double() * (length - 1) * weight
+            acc[1] += (length - 1) * weight
         _all_reduce_sum(acc)
         if acc[1] > 0:
             out[src] = float(acc[0] / acc[1])
@@ -135,7 +141,8 @@ def val_loss(model, val_sets: dict, context: int, budget: int, rank: int, world:
 
 # ---- checkpoints --------------------------------------------------------------------------
 #
-# <out>/checkpoint/step-00000040/   state.pt (model, AdamW, step, meta), config.json (the HF
+# <out>/checkpoint/step-00000040/   state.pt (model, AdamW, step, meta; FSDP: sharded/ holds
+#                                   model + AdamW as DCP shards), config.json (the HF
 #                                   config, so a checkpoint alone rebuilds the model),
 #                                   rng-rank<r>.pt (every rank's RNG states), meta.json
 # <out>/checkpoint/meta.json        the latest step (written after the rename)
@@ -183,10 +190,13 @@ def _set_rng_state(st: dict) -> None:
 
 
 def save_checkpoint(out_dir: Path, raw_model, optimizer, step: int, meta: dict, *,
-                    rank: int = 0, keep_last: int = 2, keep_every: int = 0) -> Path:
-    """Every rank calls this. The full training state is written to a temporary
-    directory and renamed into place by rank 0 (atomic); older checkpoints beyond the
-    last ``keep_last`` are deleted, except those at multiples of ``keep_every``."""
+                    rank: int = 0, keep_last: int = 2, keep_every: int = 0,
+                    sharded=None) -> Path:
+    """Every rank calls this. The full training state (DDP / one process: rank 0 writes
+    model + AdamW; FSDP, ``sharded`` = the fully_shard root: every rank writes its shards
+    of both with torch.distributed.checkpoint) goes to a temporary directory that rank 0
+    renames into place (atomic); older checkpoints beyond the last ``keep_last`` are
+    deleted, except those at multiples of ``keep_every``."""
     root = Path(out_dir) / CHECKPOINT
     tmp, final = root / f".tmp-{_step_dir(step)}", root / _step_dir(step)
     if rank == 0:
@@ -194,9 +204,17 @@ def save_checkpoint(out_dir: Path, raw_model, optimizer, step: int, meta: dict, 
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     _barrier()
+    if sharded is not None:     # FSDP: every rank writes its shards (torch.distributed.checkpoint)
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(sharded, optimizer)
+        dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(tmp / SHARDED_DIR))
     if rank == 0:
-        torch.save({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "step": step, "meta": meta}, tmp / STATE_FILE)
+        full = {} if sharded is not None else {"model": raw_model.state_dict(),
+                                               "optimizer": optimizer.state_dict()}
+        torch.save({**full, "step": step, "meta": meta, "sharded": sharded is not None},
+                   tmp / STATE_FILE)
         raw_model.config.to_json_file(str(tmp / "config.json"))
         (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
     torch.save(_rng_state(), tmp / f"rng-rank{rank}.pt")
@@ -229,6 +247,37 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     return torch.load(path / STATE_FILE if path.is_dir() else path, map_location="cpu",
                       weights_only=False)
+
+
+def load_sharded(ckpt: Path, sharded, optimizer) -> None:
+    """Every rank reads its shards of model + AdamW back (FSDP resume)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    msd, osd = get_state_dict(sharded, optimizer)
+    state = {"model": msd, "optimizer": osd}
+    dcp.load(state, checkpoint_id=str(Path(ckpt) / SHARDED_DIR))
+    set_state_dict(sharded, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"])
+
+
+def full_model(raw_model, sharded):
+    """A plain CPU copy of the model for saving: the model itself, or under FSDP the
+    full state dict gathered to rank 0 (None on other ranks) loaded into a fresh model."""
+    if sharded is None:
+        return raw_model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    full = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True,
+                                                                  cpu_offload=True))
+    if not full:
+        return None
+    with torch.device("meta"):
+        copy = AutoModelForCausalLM.from_config(raw_model.config)
+    copy.load_state_dict({k.removeprefix("lm."): v for k, v in full.items()}, assign=True)
+    copy.tie_weights()
+    return copy
 
 
 def export_hf(raw_model, hf_dir: Path, tokenizer_dir: Path) -> Path:
@@ -417,6 +466,19 @@ def train_worker(spec: dict) -> dict | None:
     raw.to(device)
     if cfg.activation_checkpointing:      # per decoder block, recomputed in backward
         enable_activation_checkpointing(raw)
+    fpt = flops_per_token(raw, None, context)
+    lossmod = CausalLMLoss(raw, cfg.loss_chunk_tokens)
+    # FSDP2: each block, then the root (embeddings, final norm, LM head), is sharded
+    # across the ranks; the optimizer is built on the sharded parameters
+    shard_root = None
+    if cfg.parallelism == "fsdp" and world > 1:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if use_bf16 else torch.float32,
+                                      reduce_dtype=torch.float32)
+        for block in _blocks(raw):
+            fully_shard(block, mp_policy=policy)
+        shard_root = fully_shard(lossmod, mp_policy=policy)
     optimizer = make_optimizer(raw, cfg, device)
     ckpt = latest_checkpoint(out_dir)
     start_step = 0
@@ -425,8 +487,15 @@ def train_worker(spec: dict) -> dict | None:
         if state["meta"].get("fingerprint") != spec["fingerprint"]:
             raise ValueError(f"{ckpt} was written by a different training config; "
                              "delete it to start over")
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if bool(state.get("sharded")) != (shard_root is not None):
+            raise ValueError(f"{ckpt} holds {'sharded (FSDP)' if state.get('sharded') else 'full'} "
+                             f"state; this run (parallelism={cfg.parallelism}, {world} workers) "
+                             "needs the other kind")
+        if shard_root is not None:
+            load_sharded(ckpt, shard_root, optimizer)
+        else:
+            raw.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
         rng = ckpt / f"rng-rank{rank}.pt"
         if rng.is_file():
@@ -436,18 +505,21 @@ def train_worker(spec: dict) -> dict | None:
                   flush=True)
         del state
     elif spec.get("init_optimizer"):
+        if shard_root is not None:
+            raise ValueError("continuing AdamW moments (load_optimizer) under parallelism: fsdp "
+                             "is not supported yet; use ddp for that phase")
         optimizer.load_state_dict(load_checkpoint(spec["init_optimizer"])["optimizer"])
 
-    lossmod = CausalLMLoss(raw, cfg.loss_chunk_tokens)
     if cfg.compile and device.type == "cuda":
         for block in _blocks(raw):        # per block, after wrapping (torchtitan practice)
             block.compile()
     model = lossmod
-    if in_ray and world > 1:
+    if in_ray and world > 1 and shard_root is None:
         import ray.train.torch
 
         model = ray.train.torch.prepare_model(lossmod, move_to_device=False)
     model.train()
+    lockstep = shard_root is not None
 
     # -- bookkeeping (rank 0)
     log_path = out_dir / "train_log.jsonl"
@@ -456,7 +528,6 @@ def train_worker(spec: dict) -> dict | None:
         out_dir.mkdir(parents=True, exist_ok=True)
         _truncate_log(log_path, start_step)
     tokens_per_step = batch_size * context
-    fpt = flops_per_token(raw, None, context)
     peak = gpu_peak_flops() if device.type == "cuda" else None
     # Ray Train tees prints to sys.stdout/stderr into its logger too; the original
     # stream prints each progress line once.
@@ -474,7 +545,7 @@ def train_worker(spec: dict) -> dict | None:
     if start_step == 0 and (spec.get("init_path") or spec.get("init_hf_dir")):
         # continued pretraining: where the init model starts on this data
         initial_val = val_loss(lossmod, val_sets, context, cfg.val_tokens_per_source,
-                               rank, world, device, autocast)
+                               rank, world, device, autocast, lockstep)
         if rank == 0:
             mlf.add({f"val_loss.{s}": v for s, v in initial_val.items()}, 0)
 
@@ -524,7 +595,7 @@ def train_worker(spec: dict) -> dict | None:
             # the unwrapped module: ranks score different numbers of windows, and a DDP
             # forward may broadcast buffers (a collective) on every call
             last_val = val_loss(lossmod, val_sets, context, cfg.val_tokens_per_source,
-                                rank, world, device, autocast)
+                                rank, world, device, autocast, lockstep)
             record.update({f"val_loss.{s}": v for s, v in last_val.items()})
 
         if rank == 0:
@@ -541,10 +612,12 @@ def train_worker(spec: dict) -> dict | None:
 
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == total_steps:
             save_checkpoint(out_dir, raw, optimizer, step, meta, rank=rank,
-                            keep_last=cfg.keep_last, keep_every=cfg.keep_every)
+                            keep_last=cfg.keep_last, keep_every=cfg.keep_every,
+                            sharded=shard_root)
         if cfg.export_hf_every and step % cfg.export_hf_every == 0 and step < total_steps:
+            full = full_model(raw, shard_root)          # FSDP: a gather on every rank
             if rank == 0:
-                export_hf(raw, out_dir / f"hf-step-{step:08d}", Path(spec["tokenizer_dir"]))
+                export_hf(full, out_dir / f"hf-step-{step:08d}", Path(spec["tokenizer_dir"]))
             _barrier()
         if halt_after is not None and step >= halt_after and step < total_steps:
             if rank == 0:
@@ -557,16 +630,17 @@ def train_worker(spec: dict) -> dict | None:
 
     if start_step >= total_steps:   # killed after the final checkpoint, before hf/ was saved
         last_val = val_loss(lossmod, val_sets, context, cfg.val_tokens_per_source, rank, world,
-                            device, autocast)
+                            device, autocast, lockstep)
         done = [json.loads(ln) for ln in log_path.read_text().splitlines()] \
             if rank == 0 and log_path.exists() else []
         last_loss = done[-1]["loss"] if done else float("nan")
 
     # -- the deliverable: a Hugging Face directory + the tokenizer beside it
     summary = None
+    full = full_model(raw, shard_root)                  # FSDP: a gather on every rank
     if rank == 0:
         mlf.close()
-        export_hf(raw, out_dir / "hf", Path(spec["tokenizer_dir"]))
+        export_hf(full, out_dir / "hf", Path(spec["tokenizer_dir"]))
         elapsed = time.perf_counter() - t_run
         trained = (total_steps - start_step) * tokens_per_step
         summary = {"final_loss": last_loss, "tokens_seen": total_steps * tokens_per_step,
