@@ -80,3 +80,26 @@ def test_fsdp_sharded_resume_ends_on_the_same_weights(shards, tmp_path, ray_loca
         assert torch.equal(a[k], b[k]), k
     with pytest.raises(Exception, match=r"holds sharded \(FSDP\) state"):
         run_pretrain(cfg_for("ddp"), shards, out)     # DDP cannot read the shards
+
+
+@pytest.mark.slow
+def test_killed_worker_is_restarted_by_ray_from_the_last_checkpoint(shards, tmp_path, ray_local):
+    """train.max_failures: one worker process is SIGKILLed after step 4 (checkpoint at 3);
+    Ray Train restarts the worker group, which resumes from step 3 and ends on exactly the
+    weights of an unkilled run."""
+    ref = StageContext.for_testing(tmp_path / "ref", show_progress=False)
+    run_pretrain(cfg_for("ddp"), shards, ref)
+    cfg = cfg_for("ddp", max_failures=1)
+    out = tmp_path / "killed"
+    mixture = resolve_mixture(cfg.mixture, open_shards(shards))
+    spec = loop_spec(cfg, shards, out, name="pretrain", mixture=mixture,
+                     schedule=cfg.schedule, steps=cfg.steps, show_progress=False)
+    _fit_ray({**spec, "kill_rank_after_step": 4, "kill_rank": 1}, cfg, None)
+    assert (out / ".killed").is_file()                       # the kill really happened
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 3
+    a = load_file(str(ref.out_dir / "hf" / "model.safetensors"))
+    b = load_file(str(out / "hf" / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["step"] for r in read_log(out)] == list(range(1, 7))

@@ -208,3 +208,30 @@ def test_plan_takes_the_init_models_tokenizer(shards, tmp_path):
     with pytest.raises(SpecError, match="n_layers=4 but the init model has n_layers=2"):
         build_plan(validate_spec({**raw, "train": {**raw["train"], "model": {"n_layers": 4,
                                                                             "family": "gpt2"}}}))
+
+
+def test_dapt_config_plans_extension_dapt_and_tapt(shards, tmp_path):
+    """configs/dapt.yaml with a local base model matching its (inherited) train.model."""
+    from pipeline.plan import build_plan
+    from pipeline.spec import SpecError, load_spec
+    from pipeline.train.config import ModelConfig as MC
+    from pipeline.train.model import build_model
+
+    repo = Path(__file__).resolve().parents[1]
+    from pipeline.tokenize.tokenizer import load_tokenizer
+
+    _, eos, vocab = load_tokenizer(shards / "tokenizer")
+    base = tmp_path / "base-model"
+    build_model(MC(family="llama", d_model=128, n_layers=2, n_heads=4, seq_len=128), vocab,
+                eos, seed=0).save_pretrained(str(base))
+    for f in tokenizer_files(shards / "tokenizer"):
+        shutil.copy2(f, base / f.name)
+    spec = load_spec(repo / "configs" / "dapt.yaml", [f"train.init={base}"])
+    plan = {n.key: n for n in build_plan(spec)}
+    assert plan["tokenizer"].config["tokenizer"]["extend"]["sources"] == ["code"]
+    assert plan["tokenizer"].config["init_tokenizer_files"]
+    assert "continual.tapt" in plan and plan["continual.tapt"].inputs["init"] == "pretrain"
+    assert spec.train.global_batch(128) == 16
+    other = make_base(shards, tmp_path / "small", "llama", steps=1)
+    with pytest.raises(SpecError, match="d_model=128 but the init model has d_model=64"):
+        build_plan(load_spec(repo / "configs" / "dapt.yaml", [f"train.init={other}"]))
