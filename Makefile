@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/quickstart.yaml
 WORKDIR ?= work
 
-.PHONY: venv install quickstart test test-fast bench chaos ui lock clean
+.PHONY: venv install quickstart dapt test test-fast bench chaos ui lock clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,13 @@ install: $(VENV)/.installed
 
 quickstart: install
 	$(BIN)/forgeflow run $(CONFIG) --workdir $(WORKDIR)
+
+# Continued pretraining of the quickstart's own model (configs/dapt.yaml): the base model is
+# the quickstart's pretrain export, copied to $(WORKDIR)/base-model (or give train.init=PATH).
+dapt: quickstart
+	rm -rf $(WORKDIR)/base-model
+	cp -r "$$(ls -td $(WORKDIR)/train/pretrain-*/hf | head -1)" $(WORKDIR)/base-model
+	$(BIN)/forgeflow run configs/dapt.yaml train.init=$(abspath $(WORKDIR))/base-model --workdir $(WORKDIR)
 
 test: install
 	$(BIN)/python -m pytest -q --timeout=1800 tests

@@ -180,19 +180,41 @@ def build_plan(spec: PipelineSpec, now: datetime | None = None) -> list[Node]:
     tok_cfg = spec.tokenize.tokenizer
     if tok_cfg.path and not Path(tok_cfg.path).is_dir():
         raise SpecError(f"tokenize.tokenizer.path: directory not found: {tok_cfg.path}")
+    tokenize_cfg, tok_config = spec.tokenize, {"tokenizer": tok_cfg.identity_dict()}
+    if spec.train.init is not None:
+        # continuing a pretrained model: its own tokenizer, unless the spec names one
+        from pipeline.train.stage import init_facts
+
+        try:
+            facts = init_facts(spec.train)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SpecError(str(exc)) from None
+        if not tok_cfg.path:
+            tok_dir = facts["init"].tokenizer_dir
+            if tok_dir is None:
+                raise SpecError(f"train.init.path {spec.train.init.path} has no tokenizer "
+                                "(tokenizer.json + tokenizer_config.json): set "
+                                "tokenize.tokenizer.path")
+            tokenize_cfg = spec.tokenize.model_copy(update={"tokenizer": tok_cfg.model_copy(
+                update={"path": str(tok_dir)})})
+            from pipeline.tokenize.tokenizer import tokenizer_files
+
+            # by the content of the tokenizer files only (not the model's weights)
+            tok_config = {"tokenizer": {**tok_cfg.identity_dict(), "path": "init"},
+                          "init_tokenizer_files": [str(f) for f in tokenizer_files(tok_dir)]}
 
     nodes.append(Node(
         key="tokenizer", stage="tokenizer", name="bpe", version=STAGE_VERSIONS["tokenizer"],
-        config={"tokenizer": tok_cfg.identity_dict(), "seed": seed},
+        config={**tok_config, "seed": seed},
         inputs={"docs": "dedup"},     # a given tokenizer still reads the corpus for fertility
-        run=lambda ctx, inp: run_train_tokenizer(spec.tokenize, inp["docs"].dir, ctx),
+        run=lambda ctx, inp: run_train_tokenizer(tokenize_cfg, inp["docs"].dir, ctx),
         description="train a byte-level BPE (or load a given one)"))
 
     nodes.append(Node(
         key="tokenize", stage="tokenize", name="shards", version=STAGE_VERSIONS["tokenize"],
         config={"tokenize": spec.tokenize.identity_dict(), "seed": seed},
         inputs={"docs": "dedup", "tokenizer": "tokenizer"},
-        run=lambda ctx, inp: run_tokenize(spec.tokenize, inp["docs"].dir,
+        run=lambda ctx, inp: run_tokenize(tokenize_cfg, inp["docs"].dir,
                                           inp["tokenizer"].dir / "tokenizer", ctx),
         dataset="tokenized", description="Megatron .bin/.idx shards per source and split"))
 
@@ -205,7 +227,8 @@ def build_plan(spec: PipelineSpec, now: datetime | None = None) -> list[Node]:
         key="pretrain", stage="train", name="pretrain", version=STAGE_VERSIONS["train"],
         config={"train": train_id}, inputs={"shards": "tokenize"}, resumable=True,
         run=lambda ctx, inp: run_pretrain(spec.train, inp["shards"].dir, ctx),
-        description="pretrain on Ray Train (DDP)"))
+        description="pretrain on Ray Train (DDP)" if spec.train.init is None
+        else f"continue pretraining {spec.train.init.path} on Ray Train"))
     model_nodes = {"pretrain": "pretrain"}
     prev_key = "pretrain"
     if spec.continual is not None and spec.continual.enabled:

@@ -17,6 +17,18 @@ from pydantic import Field, field_validator
 from pipeline.specbase import Model
 
 
+class ExtendConfig(Model):
+    """Domain-adapted tokenizer (ChipNeMo): add to the loaded tokenizer the tokens a BPE
+    trained on the domain corpus has and the base tokenizer splits worst."""
+
+    max_new_tokens: int = Field(1000, ge=1, description="new vocabulary entries at most")
+    domain_vocab_size: int = Field(8192, ge=300, description="size of the domain BPE trained "
+                                                              "to find candidates")
+    min_frequency: int = Field(2, ge=1)
+    sources: list[str] = Field(default_factory=list,
+                               description="the domain sources; empty = every source")
+
+
 class TokenizerConfig(Model):
     """Train a byte-level BPE on the cleaned corpus, or load one from ``path``."""
 
@@ -34,6 +46,9 @@ class TokenizerConfig(Model):
                              description="train on at most about this many documents, "
                                          "chosen by a hash of their id")
     lowercase: bool = Field(False, description="lowercase before BPE (breaks exact round-trip)")
+    extend: ExtendConfig | None = Field(
+        None, description="extend the loaded tokenizer (path, or the train.init model's) with "
+                          "domain tokens; the trainer grows the model's embeddings to match")
 
     @field_validator("special_tokens")
     @classmethod

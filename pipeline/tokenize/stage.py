@@ -34,8 +34,9 @@ from pipeline.stage import StageContext
 from pipeline.tokenize.config import TokenizeConfig
 from pipeline.tokenize.megatron import RollingShardWriter, token_dtype
 from pipeline.tokenize.reader import SPLITS
-from pipeline.tokenize.tokenizer import (Fertility, batched, copy_tokenizer, hash_unit,
-                                         load_tokenizer, resolve_tokenizer_dir, save_hf, train_bpe)
+from pipeline.tokenize.tokenizer import (Fertility, batched, copy_tokenizer, extend_bpe,
+                                         hash_unit, load_tokenizer, resolve_tokenizer_dir,
+                                         save_extended, save_hf, train_bpe)
 
 SAMPLE_SEED = 1              # xxhash seed of the tokenizer-training sample (split uses 0)
 FERTILITY_DOCS = 2000        # documents per source for the fertility report
@@ -78,12 +79,31 @@ def run_train_tokenizer(cfg: TokenizeConfig, docs_dir: Path, ctx: StageContext) 
                 if n >= tcfg.sample_docs:
                     return
 
+    def fertility_of(tok) -> Fertility:
+        """Fertility per source, on (at most FERTILITY_DOCS per source of) the sample."""
+        fert = Fertility()
+        tok.encode_special_tokens = True
+        per_source: dict[str, int] = {}
+        for chunk in batched(sample(), 256):
+            chunk = [(t, s) for t, s in chunk if per_source.get(s, 0) < FERTILITY_DOCS]
+            for t, s in chunk:
+                per_source[s] = per_source.get(s, 0) + 1
+            encs = tok.encode_batch_fast([t for t, _ in chunk], add_special_tokens=False)
+            for (t, s), e in zip(chunk, encs):
+                fert.add(s, t, len(e.ids))
+        return fert
+
+    if tcfg.extend is not None and not tcfg.path:
+        raise ValueError("tokenize.tokenizer.extend extends a loaded tokenizer: set "
+                         "tokenize.tokenizer.path or train.init")
     if tcfg.path:
         src = Path(tcfg.path).expanduser()
         load_tokenizer(src)                       # validates, with errors naming what's wrong
         copy_tokenizer(src, out)
         ctx.note(f"Loaded tokenizer from `{src}`")
         metrics["trained"] = 0
+        if tcfg.extend is not None:
+            metrics.update(_extend(tcfg.extend, out, sample, fertility_of, ctx))
     else:
         sampled = [0]
 
@@ -101,17 +121,7 @@ def run_train_tokenizer(cfg: TokenizeConfig, docs_dir: Path, ctx: StageContext) 
     metrics["vocab_size"] = vocab_size
     metrics["train_seconds"] = time.perf_counter() - t0
 
-    # fertility per source, on (at most FERTILITY_DOCS per source of) the sample
-    fert = Fertility()
-    tok.encode_special_tokens = True
-    per_source: dict[str, int] = {}
-    for chunk in batched(sample(), 256):
-        chunk = [(t, s) for t, s in chunk if per_source.get(s, 0) < FERTILITY_DOCS]
-        for t, s in chunk:
-            per_source[s] = per_source.get(s, 0) + 1
-        encs = tok.encode_batch_fast([t for t, _ in chunk], add_special_tokens=False)
-        for (t, s), e in zip(chunk, encs):
-            fert.add(s, t, len(e.ids))
+    fert = fertility_of(tok)
     metrics.update(fert.metrics())
     if fert.counts:
         ctx.table(fert.rows(), "fertility.json")
@@ -120,6 +130,28 @@ def run_train_tokenizer(cfg: TokenizeConfig, docs_dir: Path, ctx: StageContext) 
             for r in fert.rows()))
     ctx.metrics(metrics)
     return metrics
+
+
+def _extend(ecfg, out: Path, sample, fertility_of, ctx: StageContext) -> dict:
+    """Domain extension of the tokenizer in ``out`` (ChipNeMo, ``extend_bpe``): fertility
+    per source before (``<metric>.<source>.base``), the new tokens in ``extension.json``
+    and a table of the top ones."""
+    base_tok, _, base_vocab = load_tokenizer(out)
+    before = fertility_of(base_tok).metrics()
+    texts = [t for t, src in sample() if not ecfg.sources or src in ecfg.sources]
+    if not texts:
+        raise ValueError(f"tokenize.tokenizer.extend.sources {ecfg.sources} match no documents")
+    tok, added = extend_bpe(out, texts, ecfg.domain_vocab_size, ecfg.max_new_tokens,
+                            ecfg.min_frequency)
+    save_extended(tok, added, out, base_vocab)
+    ctx.table([{"id": a["id"], "text": a["text"], "base_pieces": len(a["base_ids"]),
+                "gain": a["gain"]} for a in sorted(added, key=lambda a: -a["gain"])[:200]],
+              "new_tokens.json")
+    ctx.note(f"Extended the tokenizer with {len(added)} domain tokens "
+             f"(vocab {base_vocab} -> {base_vocab + len(added)}), from a BPE trained on "
+             f"{len(texts):,} documents of {ecfg.sources or 'every source'}")
+    return {"new_tokens": len(added), "base_vocab_size": base_vocab,
+            **{f"{k}.base": v for k, v in before.items()}}
 
 
 # ==== stage 2: the shards ===============================================================

@@ -22,6 +22,10 @@ import xxhash
 from pipeline.tokenize.config import TokenizerConfig
 
 REQUIRED_FILES = ("tokenizer.json", "tokenizer_config.json")
+# What save_pretrained writes for a tokenizer (a model directory holds weights beside them)
+TOKENIZER_FILES = REQUIRED_FILES + ("special_tokens_map.json", "added_tokens.json", "vocab.json",
+                                    "merges.txt", "tokenizer.model", "chat_template.jinja",
+                                    "chat_template.json", "extension.json")
 
 
 # ---- training --------------------------------------------------------------------------
@@ -82,6 +86,16 @@ def check_tokenizer_dir(path: Path) -> None:
         raise ValueError(f"{path / 'tokenizer_config.json'} is not valid JSON: {exc}") from None
 
 
+def tokenizer_files(path: Path) -> list[Path]:
+    """The tokenizer's files in a tokenizer or model directory (never the weights)."""
+    path = Path(path)
+    return [path / f for f in TOKENIZER_FILES if (path / f).is_file()]
+
+
+def has_tokenizer(path: Path) -> bool:
+    return all((Path(path) / f).is_file() for f in REQUIRED_FILES)
+
+
 def resolve_tokenizer_dir(path: Path) -> Path:
     """Accept either the tokenizer directory or an artifact that holds ``tokenizer/``."""
     path = Path(path)
@@ -117,11 +131,14 @@ def load_tokenizer(path: Path):
 
 
 def copy_tokenizer(src: Path, dst: Path) -> Path:
+    """Copy the tokenizer files of ``src`` (a tokenizer or a whole model directory)."""
     src = resolve_tokenizer_dir(src)
     check_tokenizer_dir(src)
     if dst.exists():
         shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+    dst.mkdir(parents=True)
+    for f in tokenizer_files(src):
+        shutil.copy2(f, dst / f.name)
     return dst
 
 
@@ -173,3 +190,114 @@ def batched(items: Iterable, n: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
+
+
+# ---- domain-adapted tokenizer (ChipNeMo) -------------------------------------------------
+
+EXTENSION_FILE = "extension.json"
+
+
+def extend_bpe(base_dir: Path, texts: list[str], domain_vocab_size: int, max_new_tokens: int,
+               min_frequency: int = 2) -> tuple[object, list[dict]]:
+    """Add to the base BPE tokenizer the domain tokens it splits worst (ChipNeMo).
+
+    1. Train a BPE of ``domain_vocab_size`` on ``texts`` with the base tokenizer's own
+       normaliser and pre-tokenizer (a copy of the base, retrained).
+    2. Candidates: domain tokens not in the base vocabulary; each one's base
+       decomposition is what the base BPE model makes of it. Gain = how often the domain
+       tokenizer emits it on ``texts`` x (base pieces - 1), i.e. the tokens it saves.
+    3. Take candidates by gain while ``max_new_tokens`` allows, and make the BPE produce
+       each: a chain of merges appended after the base merges (lowest priority, so base
+       merges finish first and a word the base tokenizer keeps whole is unchanged), each
+       intermediate a new token too (counted against ``max_new_tokens``).
+    Old ids are untouched; new ids follow the base's. Returns the extended
+    ``tokenizers.Tokenizer`` and, per new token, ``{"id", "token", "text", "base_ids",
+    "gain"}`` (``base_ids``: the base decomposition, for the embedding initialisation)."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+
+    base_dir = resolve_tokenizer_dir(base_dir)
+    base = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
+    spec = json.loads(base.to_str())
+    if spec["model"]["type"] != "BPE":
+        raise ValueError(f"{base_dir / 'tokenizer.json'}: the domain extension needs a BPE "
+                         f"tokenizer (GPT-2, Llama-3, Qwen, Mistral style); this one is "
+                         f"{spec['model']['type']}")
+    specials = [t["content"] for t in spec.get("added_tokens", [])]
+    domain = Tokenizer.from_str(base.to_str())
+    trainer = trainers.BpeTrainer(vocab_size=domain_vocab_size, min_frequency=min_frequency,
+                                  special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    domain.train_from_iterator(texts, trainer=trainer)
+    dvocab = domain.get_vocab()
+    inv = {i: t for t, i in dvocab.items()}
+    freq = Counter()
+    for enc in domain.encode_batch_fast(texts, add_special_tokens=False):
+        freq.update(enc.ids)
+
+    bvocab = dict(spec["model"]["vocab"])
+    special_set = set(specials)
+
+    def pieces(token: str) -> list[tuple[str, int]]:
+        return [(t.value, t.id) for t in base.model.tokenize(token)]
+
+    cands = []
+    for i, n in freq.items():
+        tok = inv[i]
+        if tok in bvocab or tok in special_set:
+            continue
+        p = pieces(tok)
+        if len(p) >= 2:
+            cands.append((n * (len(p) - 1), tok, p))
+    cands.sort(key=lambda c: (-c[0], c[1]))
+
+    merges = spec["model"]["merges"]
+    as_pairs = bool(merges) and isinstance(merges[0], list)
+    have_merges = {tuple(m) if as_pairs else tuple(m.split(" ", 1)) for m in merges}
+    next_id = max([*bvocab.values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
+    added: list[dict] = []
+    new_vocab: dict[str, int] = {}
+    for gain, tok, p in cands:
+        chain, cur = [], p[0][0]
+        for value, _ in p[1:]:
+            chain.append((cur, value))
+            cur = cur + value
+        fresh = [a + b for a, b in chain if a + b not in bvocab and a + b not in new_vocab]
+        if len(added) + len(fresh) > max_new_tokens:
+            continue
+        for a, b in chain:
+            new = a + b
+            if new not in bvocab and new not in new_vocab:
+                new_vocab[new] = next_id
+                base_ids = [i for _, i in pieces(new)]
+                added.append({"id": next_id, "token": new, "base_ids": base_ids,
+                              "gain": gain if new == tok else 0})
+                next_id += 1
+            if (a, b) not in have_merges:
+                merges.append([a, b] if as_pairs else f"{a} {b}")
+                have_merges.add((a, b))
+        if len(added) >= max_new_tokens:
+            break
+    spec["model"]["vocab"] = {**bvocab, **new_vocab}
+    spec["model"]["merges"] = merges
+    ext = Tokenizer.from_str(json.dumps(spec))
+    for a in added:
+        a["text"] = ext.decode([a["id"]])
+    return ext, added
+
+
+def save_extended(tok, added: list[dict], out_dir: Path, base_vocab: int) -> Path:
+    """Overwrite ``out_dir/tokenizer.json`` (a copy of the base tokenizer directory) with
+    the extended tokenizer and write ``extension.json``: what the trainer needs to grow
+    the model's embeddings."""
+    tok.save(str(Path(out_dir) / "tokenizer.json"))
+    (Path(out_dir) / EXTENSION_FILE).write_text(json.dumps(
+        {"base_vocab_size": base_vocab, "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+         "new_tokens": added}, indent=1, ensure_ascii=False), encoding="utf-8")
+    return Path(out_dir)
+
+
+def read_extension(tokenizer_dir: Path) -> dict | None:
+    p = resolve_tokenizer_dir(Path(tokenizer_dir)) / EXTENSION_FILE
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None

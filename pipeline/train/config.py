@@ -92,16 +92,37 @@ class OptimizerConfig(Model):
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
 
 
+class InitConfig(Model):
+    """Start from a pretrained model instead of from scratch (continued pretraining).
+
+    ``path``: a local Hugging Face ``save_pretrained`` directory (any
+    ``AutoModelForCausalLM`` decoder: Llama, GPT-2, Qwen2, Mistral ...), a forgeflow
+    train artifact (its ``hf/``), or a forgeflow checkpoint (``checkpoint/`` or
+    ``checkpoint/step-N/``). Its identity is the content digest of the directory. The
+    architecture, context length and vocabulary are read from the model; its tokenizer
+    tokenizes the corpus unless ``tokenize.tokenizer.path`` names another."""
+
+    path: str
+    load_optimizer: bool = Field(False, description="continue the AdamW moments of a forgeflow "
+                                                    "artifact / checkpoint init")
+
+
 class TrainConfig(Model):
     """Pretraining: a model, a data mixture over tokenized sources, a schedule."""
 
     _resource_fields = frozenset({"num_workers", "use_gpu", "cpus_per_worker",
                                   "micro_batch_size", "log_every", "eval_every",
-                                  "checkpoint_every", "compile"})
+                                  "checkpoint_every", "compile", "activation_checkpointing",
+                                  "loss_chunk_tokens", "keep_last", "keep_every",
+                                  "export_hf_every", "max_bad_steps", "spike_factor",
+                                  "register_as", "log_model", "max_failures", "parallelism"})
 
+    init: InitConfig | None = Field(None, description="continue this pretrained model")
     model: ModelConfig = ModelConfig()
     steps: int = Field(200, ge=1)
     batch_size: int = Field(16, ge=1, description="global batch in sequences (all workers together)")
+    batch_tokens: int | None = Field(None, ge=8, description="global batch in tokens; sets "
+                                     "batch_size = batch_tokens / context (must divide)")
     seq_len: int | None = Field(None, ge=8, description="training context; default model.seq_len")
     mixture: dict[str, float] = Field(default_factory=dict,
                                       description="source -> weight; empty = all sources weighted by tokens")
@@ -116,14 +137,39 @@ class TrainConfig(Model):
     use_gpu: bool = False
     cpus_per_worker: int = Field(1, ge=1)
     micro_batch_size: int | None = Field(None, ge=1, description="per-worker micro batch (gradient accumulation)")
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="ddp: replicate the model; fsdp: FSDP2 fully_shard per block + root "
+                           "(parameters, gradients and AdamW state sharded; sharded checkpoints)")
     compile: bool = False   # torch.compile on GPU only
-    log_every: int = Field(10, ge=1)
+    log_every: int = Field(10, ge=1, description="progress line + MLflow flush every N steps")
     eval_every: int = Field(100, ge=0, description="0 = only at the end")
     checkpoint_every: int = Field(100, ge=0, description="0 = only at the end")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept besides the keep_every ones")
+    keep_every: int = Field(0, ge=0, description="also keep every checkpoint at a multiple of "
+                                                  "this step forever (branch points); 0 = none")
+    export_hf_every: int = Field(0, ge=0, description="also write hf-step-N/ exports; 0 = final only")
+    activation_checkpointing: bool = Field(False, description="recompute each block in backward")
+    loss_chunk_tokens: int = Field(4096, ge=0, description="chunked cross-entropy: tokens per "
+                                   "LM-head chunk; 0 = full logits")
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many non-finite steps in a row")
+    spike_factor: float = Field(2.0, gt=1, description="a loss above this x its running mean "
+                                                       "is logged as a spike")
+    log_model: bool = Field(True, description="log the final HF export as an MLflow model")
+    register_as: str | None = Field(None, description="register the logged model under this name")
+    max_failures: int = Field(0, ge=0, description="Ray Train restarts of a failed worker group "
+                                                   "(from the last checkpoint)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _init_shorthand(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("init"), str):   # init: /path
+            data = {**data, "init": {"path": data["init"]}}
+        return data
 
     @model_validator(mode="after")
     def _check(self):
-        if self.context > self.model.seq_len:
+        # with train.init the context limit is the init model's (checked when it is read)
+        if self.init is None and self.context > self.model.seq_len:
             raise ValueError(f"seq_len={self.seq_len} exceeds model.seq_len={self.model.seq_len}")
         for src, w in self.mixture.items():
             if w < 0:
@@ -135,6 +181,15 @@ class TrainConfig(Model):
     @property
     def context(self) -> int:
         return self.seq_len or self.model.seq_len
+
+    def global_batch(self, context: int) -> int:
+        """Sequences per step: ``batch_tokens / context`` when given, else ``batch_size``."""
+        if self.batch_tokens is None:
+            return self.batch_size
+        if self.batch_tokens % context:
+            raise ValueError(f"train.batch_tokens={self.batch_tokens} is not a multiple of the "
+                             f"context {context}")
+        return self.batch_tokens // context
 
 
 class PhaseConfig(Model):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline.stage import StageContext
 from pipeline.train.config import PhaseConfig, ScheduleConfig, TrainConfig
-from pipeline.train.loop import CHECKPOINT, STATE_FILE, ray_train_func, train_worker
+from pipeline.train.loop import STATE_FILE, latest_checkpoint, ray_train_func, train_worker
 from pipeline.train.schedules import lr_curve
 
 
@@ -76,6 +76,28 @@ def _fingerprint(cfg: TrainConfig, schedule: ScheduleConfig, steps: int,
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def init_facts(cfg: TrainConfig, init_dir: Path | None = None) -> dict:
+    """What training reads from the model it starts from (``train.init``, or ``init_dir``,
+    the previous stage's ``hf/``): its config, context limit and vocabulary. The spec's
+    ``train.model`` must agree with it (an error names both values). Empty when training
+    from scratch."""
+    from pipeline.train.model import (check_model_matches, describe_hf_config, init_hf_config,
+                                      resolve_init)
+
+    if init_dir is None and cfg.init is None:
+        return {}
+    init = resolve_init(init_dir if init_dir is not None else cfg.init.path)
+    hf_cfg = init_hf_config(init)
+    check_model_matches(cfg.model, hf_cfg, f"at {init.path}")
+    desc = describe_hf_config(hf_cfg)
+    max_ctx = desc["seq_len"]
+    context = cfg.seq_len or max_ctx or cfg.model.seq_len
+    if max_ctx and context > max_ctx:
+        raise ValueError(f"train.seq_len={context} exceeds the init model's context "
+                         f"{max_ctx} ({init.config_dir / 'config.json'})")
+    return {"init": init, "hf_config": hf_cfg, "context": int(context), "model": desc}
+
+
 def loop_spec(cfg: TrainConfig, shards_dir: Path, out_dir: Path, *, name: str,
               mixture: dict[str, float], schedule: ScheduleConfig, steps: int,
               tracking_uri: str | None = None, run_id: str | None = None,
@@ -86,6 +108,25 @@ def loop_spec(cfg: TrainConfig, shards_dir: Path, out_dir: Path, *, name: str,
 
     tok_dir = resolve_tokenizer_dir(Path(shards_dir))
     _, eos_id, vocab_size = load_tokenizer(tok_dir)
+    facts = init_facts(cfg, init_hf_dir)
+    init_path = None
+    if facts:
+        from pipeline.tokenize.tokenizer import read_extension
+
+        model_vocab = facts["model"]["vocab_size"]
+        ext = read_extension(tok_dir)
+        if ext and ext["base_vocab_size"] <= model_vocab:
+            model_vocab = max(model_vocab, ext["vocab_size"])   # grown by extend_embeddings
+        if vocab_size > model_vocab:
+            raise ValueError(f"the tokenizer {tok_dir} has {vocab_size} tokens but the init "
+                             f"model {facts['init'].path} embeds only {model_vocab}")
+        if init_hf_dir is None:          # train.init (a continual phase gets init_hf_dir)
+            init_path = str(facts["init"].path.resolve())
+            if cfg.init.load_optimizer:
+                if facts["init"].state_file is None:
+                    raise FileNotFoundError(f"train.init.load_optimizer: {cfg.init.path} holds no "
+                                            "forgeflow checkpoint with optimizer state")
+                init_optimizer = facts["init"].state_file
     return {
         "name": name,
         "train": cfg.model_dump(mode="json"),
@@ -93,6 +134,7 @@ def loop_spec(cfg: TrainConfig, shards_dir: Path, out_dir: Path, *, name: str,
         "steps": int(steps),
         "mixture": mixture,
         "seed": cfg.seed,
+        "context": facts.get("context", cfg.context),
         "shards_dir": str(Path(shards_dir).resolve()),
         "tokenizer_dir": str(Path(tok_dir).resolve()),
         "vocab_size": vocab_size,
@@ -101,6 +143,7 @@ def loop_spec(cfg: TrainConfig, shards_dir: Path, out_dir: Path, *, name: str,
         "tracking_uri": tracking_uri,
         "run_id": run_id,
         "init_hf_dir": str(init_hf_dir) if init_hf_dir else None,
+        "init_path": init_path,
         "init_optimizer": str(init_optimizer) if init_optimizer else None,
         "show_progress": show_progress,
         "fingerprint": _fingerprint(cfg, schedule, steps, mixture,
@@ -170,7 +213,7 @@ def _fit_ray(spec: dict, cfg: TrainConfig, num_cpus: int | None) -> None:
                                          resources_per_worker=resources),
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             run_config=RunConfig(name=spec["name"].replace(".", "-"), storage_path=storage,
-                                 failure_config=FailureConfig(max_failures=0)),
+                                 failure_config=FailureConfig(max_failures=cfg.max_failures)),
         )
         trainer.fit()
 
@@ -231,6 +274,26 @@ def _finish(ctx: StageContext, summary: dict, mixture: dict[str, float],
     return metrics
 
 
+def _log_model(ctx: StageContext, cfg: TrainConfig, metrics: dict) -> None:
+    """The final HF export as an MLflow model on the stage's run (``train.log_model``),
+    registered as ``train.register_as`` when set (see ``pipeline/train/export.py``)."""
+    if not (cfg.log_model and ctx.tracking_uri and ctx.mlflow_run_id):
+        return
+    from pipeline.train.export import log_hf_model
+
+    try:
+        info = log_hf_model(ctx.out_dir / "hf", ctx.tracking_uri, ctx.mlflow_run_id,
+                            register_as=cfg.register_as, description=f"forgeflow stage {ctx.name}")
+    except Exception as exc:        # tracking must never fail a finished training run
+        ctx.note(f"- WARNING: logging the model to MLflow failed: {exc}")
+        return
+    ctx.note(f"- MLflow model `{info['model_uri']}`" + (
+        f", registered as `{cfg.register_as}` version {info['registered_version']}"
+        if cfg.register_as else ""))
+    if info["registered_version"] is not None:
+        metrics["registered_version"] = float(info["registered_version"])
+
+
 # ---- entry points -----------------------------------------------------------------------
 
 def run_pretrain(cfg: TrainConfig, shards_dir: Path, ctx: StageContext) -> dict:
@@ -243,14 +306,16 @@ def run_pretrain(cfg: TrainConfig, shards_dir: Path, ctx: StageContext) -> dict:
     for src, w in mixture.items():
         ctx.param(f"mix.{src}", round(w, 6))
     (ctx.out_dir / "mixture.json").write_text(json.dumps(mixture, indent=1))
-    resumed = (ctx.out_dir / CHECKPOINT / STATE_FILE).exists()
+    resumed = latest_checkpoint(ctx.out_dir)
     if resumed:
-        ctx.note(f"resumed from {ctx.out_dir / CHECKPOINT}")
+        ctx.note(f"resumed from {resumed}")
     spec = loop_spec(cfg, shards_dir, ctx.out_dir, name=ctx.name, mixture=mixture,
                      schedule=cfg.schedule, steps=cfg.steps, tracking_uri=ctx.tracking_uri,
                      run_id=ctx.mlflow_run_id, show_progress=ctx.show_progress)
     summary = execute(spec, cfg, ctx.num_cpus)
-    return _finish(ctx, summary, mixture, cfg.schedule, cfg.steps, ctx.name)
+    metrics = _finish(ctx, summary, mixture, cfg.schedule, cfg.steps, ctx.name)
+    _log_model(ctx, cfg, metrics)
+    return metrics
 
 
 def run_continual(phase: PhaseConfig, train_cfg: TrainConfig, shards_dir: Path,
@@ -281,13 +346,17 @@ def run_continual(phase: PhaseConfig, train_cfg: TrainConfig, shards_dir: Path,
     (ctx.out_dir / "mixture.json").write_text(json.dumps(mixture, indent=1))
     cfg = train_cfg.model_copy(update={"steps": phase.steps, "mixture": mixture,
                                        "schedule": phase.schedule})
-    init_opt = init_dir / CHECKPOINT / STATE_FILE if phase.load_optimizer else None
-    if init_opt is not None and not init_opt.exists():
-        raise FileNotFoundError(f"phase {phase.name!r} sets load_optimizer but {init_opt} is missing")
+    last = latest_checkpoint(init_dir)
+    init_opt = last / STATE_FILE if phase.load_optimizer and last else None
+    if phase.load_optimizer and init_opt is None:
+        raise FileNotFoundError(f"phase {phase.name!r} sets load_optimizer but {init_dir} "
+                                "holds no checkpoint")
     spec = loop_spec(cfg, shards_dir, ctx.out_dir, name=ctx.name, mixture=mixture,
                      schedule=phase.schedule, steps=phase.steps, tracking_uri=ctx.tracking_uri,
                      run_id=ctx.mlflow_run_id, init_hf_dir=init_dir / "hf",
                      init_optimizer=init_opt, show_progress=ctx.show_progress)
     summary = execute(spec, cfg, ctx.num_cpus)
-    return _finish(ctx, summary, mixture, phase.schedule, phase.steps,
-                   f"{ctx.name} ({phase.schedule.kind}, replay {phase.replay:g})")
+    metrics = _finish(ctx, summary, mixture, phase.schedule, phase.steps,
+                      f"{ctx.name} ({phase.schedule.kind}, replay {phase.replay:g})")
+    _log_model(ctx, cfg, metrics)
+    return metrics
