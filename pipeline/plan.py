@@ -186,7 +186,7 @@ def build_plan(spec: PipelineSpec) -> list[Node]:
         return run_evaluate(spec.evaluate, models, inp["shards"].dir, ctx, parents=parents)
 
     nodes.append(Node(
-        key="evaluate", stage="evaluate", name="eval", version="1",
+        key="evaluate", stage="evaluate", name="eval", version="2",
         config={"evaluate": spec.evaluate.identity_dict()},
         inputs={"shards": "tokenize", **{f"model:{label}": key for label, key in model_nodes.items()}},
         run=eval_run, description="bits-per-byte per source, forgetting, multiple-choice tasks"))
