@@ -193,3 +193,70 @@ def test_chain_and_config_errors():
                                  PhaseConfig(name="anneal", mixture={"x": 1}),
                                  PhaseConfig(name="more", mixture={"x": 1}, init_from="const")])
     assert cc.parents() == {"const": "pretrain", "anneal": "const", "more": "const"}
+
+
+# ---- evaluation across phases --------------------------------------------------------
+
+def test_curves_across_branches_and_forgetting(shards, tmp_path):
+    """Two branches from one pretrained model, validation every 2 steps: evaluate places
+    each stage's val losses on the global step axis, measures the re-warm bump and the
+    BPB change against the parent and against pretraining."""
+    import math
+
+    from pipeline.evaluate.config import EvaluateConfig
+    from pipeline.evaluate.stage import run_evaluate
+
+    cfg = tiny(steps=6, eval_every=2)
+    pre = ctx(tmp_path, "pretrain")
+    run_pretrain(cfg, shards, pre)
+    hot = PhaseConfig(name="hot", steps=8, mixture={"german": 1.0}, replay=0.0, eval_every=2,
+                      schedule=ScheduleConfig(kind="rewarm_cosine", max_lr=1e-2, warmup_steps=1))
+    cold = PhaseConfig(name="cold", steps=8, mixture={"german": 1.0}, replay=0.0, eval_every=2,
+                       schedule=ScheduleConfig(kind="constant", max_lr="previous", warmup_steps=0))
+    a, b = ctx(tmp_path, "hot"), ctx(tmp_path, "cold")
+    run_continual(hot, cfg, shards, pre.out_dir, a)
+    run_continual(cold, cfg, shards, pre.out_dir, b)
+    models = {"pretrain": pre.out_dir, "continual.hot": a.out_dir, "continual.cold": b.out_dir}
+    parents = {"continual.hot": "pretrain", "continual.cold": "pretrain"}
+    ev = ctx(tmp_path, "eval")
+    m = run_evaluate(EvaluateConfig(max_tokens_per_source=1500), models, shards, ev,
+                     parents=parents)
+    rows = json.loads((ev.out_dir / "tables" / "curves.json").read_text())
+    steps = {lab: sorted({r["global_step"] for r in rows if r["model"] == lab}) for lab in models}
+    assert steps["pretrain"] == [2, 4, 6]
+    assert steps["continual.hot"] == steps["continual.cold"] == [8, 10, 12, 14]
+    pre_last = read_log(pre.out_dir)[-1]["val_loss.web"]
+    hot_vals = [r["val_loss"] for r in rows if r["model"] == "continual.hot" and r["source"] == "web"]
+    assert m["rewarm_bump.continual.hot.web"] == pytest.approx(max(hot_vals[:1]) - pre_last, abs=1e-4)
+    for lab in ("continual.hot", "continual.cold"):
+        for src in ("web", "german"):
+            assert m[f"delta_bpb.{lab}.{src}"] == pytest.approx(
+                m[f"bpb.{lab}.{src}"] - m[f"bpb.pretrain.{src}"])
+            assert math.isfinite(m[f"vs_pretrain.{lab}.{src}"])
+    for plot in ("curves.png", "forgetting.png", "bpb.png"):
+        assert (ev.out_dir / "plots" / plot).is_file()
+    tokens = json.loads((ev.out_dir / "bpb.json").read_text())["tokens"]
+    assert sum(tokens["continual.hot"].values()) == 14 * 4 * 32
+
+
+def test_findings_check_the_claim_against_the_numbers(tmp_path):
+    from pipeline.evaluate.findings import claims, evaluate_dir
+    from pipeline.spec import load_spec
+
+    from conftest import REPO
+
+    spec = load_spec(REPO / "configs" / "papers" / "replay.yaml")
+    assert evaluate_dir(spec, tmp_path).parent == tmp_path / "evaluate"
+    old, new = ["docs", "web"], ["code"]
+
+    def metrics(fg0, fg5, fg25):
+        out = {}
+        for lab, v in (("replay_0", fg0), ("replay_5", fg5), ("replay_25", fg25)):
+            out.update({f"vs_pretrain.continual.{lab}.docs": v, f"vs_pretrain.continual.{lab}.web": v,
+                        f"vs_pretrain.continual.{lab}.code": -1.0})
+        return out
+
+    ((_, ok, nums),) = claims("paper_replay", spec, metrics(0.3, 0.2, 0.1), old, new)
+    assert ok and "replay 0.25: +0.100" in nums
+    ((_, ok, _),) = claims("paper_replay", spec, metrics(0.3, 0.35, 0.1), old, new)
+    assert not ok
