@@ -68,6 +68,8 @@ class EvaluateConfig(Model):
     context_prefix: Literal["eos", "none"] = Field(
         "eos", description="tasks: EOS before each context (how training documents start), "
                            "or none (lm-eval's HF model)")
+    lm_eval: bool = Field(False, description="also run lm-evaluation-harness (lm-eval 0.4.13) on "
+                                             "every model and task, offline (pipeline/evaluate/lmeval.py)")
     curves: bool = Field(True, description="loss per source over the global step across phases "
                                            "(from each stage's in-training validation)")
     batch_size: int = Field(8, ge=1)

@@ -307,10 +307,19 @@ def run_evaluate(cfg: EvaluateConfig, models: dict[str, Path], shards_dir: Path,
             out.write_text("".join(json.dumps(r) + "\n" for r in rows))
             for k in ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr"):
                 metrics[f"{k}.{label}.{name}"] = summary[k]
+            if cfg.lm_eval:
+                from pipeline.evaluate.lmeval import run_lm_eval
+
+                le = run_lm_eval(hf_dir, tcfg, ctx.out_dir / "lm_eval" / label, cfg.batch_size,
+                                 str(device))
+                for k in ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr"):
+                    metrics[f"lm_eval.{k}.{label}.{name}"] = le[k]
+                summary = {**summary, "lm_eval_acc": le["acc"], "lm_eval_acc_norm": le["acc_norm"]}
             task_rows.append({"model": label, "task": name, "layout": tcfg.layout,
                               "num_fewshot": tcfg.num_fewshot, "items": summary["items"],
                               **{k: round(summary[k], 4) for k in
-                                 ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")}})
+                                 ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr",
+                                  "lm_eval_acc", "lm_eval_acc_norm") if k in summary}})
         del model
         progress.update(1, model=label)
     progress.close()
