@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/quickstart.yaml
 WORKDIR ?= work
 
-.PHONY: venv install quickstart dapt test test-fast bench chaos ui lock clean
+.PHONY: venv install quickstart dapt test test-fast bench chaos ui lock clean papers
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,20 @@ bench: install
 # compare the final metrics with an uninterrupted run (bench/chaos.py; about 25 runs' time).
 chaos: install
 	$(BIN)/python bench/chaos.py --kills 20 --seed 0 --workdir $(WORKDIR)-chaos
+
+# The continual-pretraining paper reproductions (configs/papers/, pipeline/evaluate/README.md):
+# each runs its phases and evaluation, then prints and plots its finding. They share one
+# workdir, so the corpus and the pretrained model are built once.
+#   make papers PAPERS=replay PAPER_OVERRIDES="continual.phases.0.steps=50"
+PAPERS          ?= rewarm replay infinite parmar dapt_tapt
+PAPERS_WORKDIR  ?= work/papers
+PAPER_OVERRIDES ?=
+papers: install
+	for p in $(PAPERS); do \
+	  $(BIN)/forgeflow run configs/papers/$$p.yaml $(PAPER_OVERRIDES) --workdir $(PAPERS_WORKDIR) && \
+	  $(BIN)/python -m pipeline.evaluate.findings configs/papers/$$p.yaml $(PAPER_OVERRIDES) \
+	    --workdir $(PAPERS_WORKDIR) || exit 1; \
+	done
 
 ui: install
 	$(BIN)/forgeflow ui --workdir $(WORKDIR)

@@ -39,8 +39,8 @@ STAGE_VERSIONS: dict[str, str] = {
     "dedup": "1",
     "tokenizer": "1",
     "tokenize": "1",
-    "train": "1",         # pretrain and every continual phase
-    "evaluate": "1",
+    "train": "2",         # pretrain and every continual phase (2: phase seeds, replay, chained schedules, init)
+    "evaluate": "2",      # 2: acc_norm without the delimiter, bpb across tokenizers, tasks
 }
 
 
@@ -230,24 +230,26 @@ def build_plan(spec: PipelineSpec, now: datetime | None = None) -> list[Node]:
         description="pretrain on Ray Train (DDP)" if spec.train.init is None
         else f"continue pretraining {spec.train.init.path} on Ray Train"))
     model_nodes = {"pretrain": "pretrain"}
-    prev_key = "pretrain"
+    parents: dict[str, str] = {}          # model label -> the label it was continued from
     if spec.continual is not None and spec.continual.enabled:
+        phase_parent = spec.continual.parents()
         for phase in spec.continual.phases:
             key = f"continual.{phase.name}"
+            parent = phase_parent[phase.name]
+            parent_key = "pretrain" if parent == "pretrain" else f"continual.{parent}"
 
-            # replay blends in the mixture the previous stage actually trained on, which
-            # it recorded in <init>/mixture.json (so previous_mixture={} reads that)
+            # replay reads the original pretraining mixture from <init>/lineage.json; the
+            # schedule's `previous` is where <init>'s stage ended (branches: init_from)
             def cont_run(ctx, inp, phase=phase):
-                return run_continual(phase, spec.train, inp["shards"].dir, inp["init"].dir, ctx,
-                                     previous_mixture={})
+                return run_continual(phase, spec.train, inp["shards"].dir, inp["init"].dir, ctx)
 
             nodes.append(Node(
                 key=key, stage="train", name=f"continual-{phase.name}", version=STAGE_VERSIONS["train"],
                 config={"phase": phase.identity_dict(), "train": train_id},
-                inputs={"shards": "tokenize", "init": prev_key}, resumable=True, run=cont_run,
-                description=f"continual pretraining phase {phase.name} (re-warmed schedule)"))
+                inputs={"shards": "tokenize", "init": parent_key}, resumable=True, run=cont_run,
+                description=f"continual pretraining phase {phase.name} (from {parent})"))
             model_nodes[key] = key
-            prev_key = key
+            parents[key] = parent_key
 
     if spec.evaluate is None:
         return _finish_plan(nodes)
@@ -255,7 +257,7 @@ def build_plan(spec: PipelineSpec, now: datetime | None = None) -> list[Node]:
     # ---- evaluation ---------------------------------------------------------------------------------
     def eval_run(ctx, inp):
         models = {label: inp[f"model:{label}"].dir for label in model_nodes}
-        return run_evaluate(spec.evaluate, models, inp["shards"].dir, ctx)
+        return run_evaluate(spec.evaluate, models, inp["shards"].dir, ctx, parents=parents)
 
     nodes.append(Node(
         key="evaluate", stage="evaluate", name="eval", version=STAGE_VERSIONS["evaluate"],

@@ -124,11 +124,12 @@ def test_loglikelihood_matches_hand_computation(shards, tmp_path):
     want = sum(float(logp[len(c) + i, t]) for i, t in enumerate(k))
     assert got[0] == pytest.approx(want, rel=1e-4)
     # acc / acc_norm bookkeeping on a hand-made item
-    items = [MCItem("q", context, [" the sun", " ice cubes from the freezer"], 0)]
+    items = [MCItem("q", context, ["the sun", "ice cubes from the freezer"], 0)]
     summary, rows = evaluate_items(m, tok, items, eos, 64)
-    lls = loglikelihoods(m, tok, [(context, ch) for ch in items[0].choices], eos, 64)
+    lls = loglikelihoods(m, tok, [(context, ch) for ch in items[0].continuations], eos, 64)
     assert rows[0]["pred"] == int(np.argmax(lls))
-    assert rows[0]["pred_norm"] == int(np.argmax([lls[0] / 8, lls[1] / 27]))
+    # lm-eval divides by len(choice) without the target delimiter: 7 and 26 characters
+    assert rows[0]["pred_norm"] == int(np.argmax([lls[0] / 7, lls[1] / 26]))
     assert summary["acc"] == float(rows[0]["pred"] == 0)
 
 
@@ -142,7 +143,7 @@ def test_readers_count_and_name_bad_records(tmp_path):
                               json.dumps({**good, "answerKey": "E"}), json.dumps(good)]) + "\n")
     data = read_arc(arc)
     assert len(data.items) == 2 and data.items[0].gold == 1
-    assert data.items[0].choices == [" a", " b"]
+    assert data.items[0].choices == ["a", "b"] and data.items[0].continuations == [" a", " b"]
     assert len(data.bad) == 3
     assert data.bad[0].startswith(f"{arc}:2:") and "JSON" in data.bad[0]
     assert data.bad[1].startswith(f"{arc}:3:") and "missing field" in data.bad[1]
@@ -229,5 +230,8 @@ def test_run_evaluate_end_to_end(shards, tmp_path):
 def test_task_config_validation():
     with pytest.raises(Exception, match="labels_path"):
         TaskConfig(name="piqa", path="x.jsonl")
-    with pytest.raises(Exception):
-        TaskConfig(name="hellaswag", path="x.jsonl")
+    with pytest.raises(Exception, match="give layout"):
+        TaskConfig(name="mytask", path="x.jsonl")
+    with pytest.raises(Exception, match="prompt, choices and label"):
+        TaskConfig(name="mytask", layout="jsonl", path="x.jsonl", prompt="{q}")
+    assert TaskConfig(name="hellaswag", path="x.jsonl").layout == "hellaswag"

@@ -118,3 +118,35 @@ def bits_per_byte(model, shard_set, eos_id: int, seq_len: int, stride: int | Non
         res.documents += 1
     res.nll = score_windows(model, rows, batch_size, device, eos_id)
     return res
+
+
+class RetokenizedSet:
+    """A ``ShardSet``'s documents re-encoded with another tokenizer, for BPB of a model
+    whose vocabulary differs from the shards' (BPB exists to compare across tokenizers).
+
+    Each document is decoded with the shards' tokenizer (byte-level BPE round-trips the
+    text exactly) and encoded with the model's; its byte count stays the stored one, so
+    every model is charged for exactly the same bytes."""
+
+    def __init__(self, shard_set, source_tokenizer, target_tokenizer, source_eos: int,
+                 target_eos: int) -> None:
+        self.shard_set = shard_set
+        self.src, self.dst = source_tokenizer, target_tokenizer
+        self.src_eos, self.dst_eos = int(source_eos), int(target_eos)
+
+    def __len__(self) -> int:
+        return len(self.shard_set)
+
+    def text(self, i: int) -> str:
+        ids = self.shard_set.document(i)
+        if len(ids) and ids[-1] == self.src_eos:
+            ids = ids[:-1]
+        return self.src.decode([int(t) for t in ids], skip_special_tokens=False)
+
+    def document(self, i: int) -> np.ndarray:
+        ids = self.dst.encode(self.text(i), add_special_tokens=False)
+        ids = getattr(ids, "ids", ids)          # tokenizers.Encoding or a list
+        return np.asarray(list(ids) + [self.dst_eos], dtype=np.int64)
+
+    def document_bytes(self, i: int) -> int:
+        return self.shard_set.document_bytes(i)

@@ -56,25 +56,54 @@ class ModelConfig(Model):
         return 32 * ((8 * self.d_model // 3 + 31) // 32)  # SwiGLU keeps params ~ 4d MLP
 
 
+PREVIOUS = "previous"   # a learning rate taken from where the previous stage ended
+
+
 class ScheduleConfig(Model):
-    """Learning-rate schedule; formulas in ``pipeline/train/schedules.py``."""
+    """Learning-rate schedule; formulas in ``pipeline/train/schedules.py``.
+
+    In a continual phase ``max_lr`` and ``start_lr`` may be ``previous``: the learning
+    rate at which the stage the phase starts from ended (its ``lr_at(T)``), so schedules
+    chain across phases (``pipeline.train.schedules.chain``)."""
 
     kind: Literal["cosine", "wsd", "infinite", "constant", "rewarm_cosine"] = "cosine"
-    max_lr: float = Field(1e-3, gt=0)
+    max_lr: float | Literal["previous"] = Field(1e-3, description="peak; 'previous' = where the previous stage ended")
     min_lr: float | None = Field(None, ge=0, description="absolute floor; default min_lr_ratio * max_lr")
     min_lr_ratio: float = Field(0.1, ge=0, le=1)   # eta_min = 0.1 * eta_max (RESEARCH.md)
     warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_fraction")
     warmup_fraction: float = Field(0.01, ge=0, le=1)  # ~1% (re-warm: Gupta et al. 2023)
-    start_lr: float | None = Field(None, ge=0, description="rewarm_cosine: warmup start; default min_lr")
+    start_lr: float | Literal["previous"] | None = Field(
+        None, description="rewarm_cosine: warmup start; default 'previous' in a continual phase "
+                          "(where the previous stage ended), min_lr otherwise")
     decay_fraction: float = Field(0.2, ge=0, le=1)    # wsd: MiniCPM decays the last 10-20%
     decay_shape: Literal["linear", "cosine", "1-sqrt"] = "linear"
     cooldown_fraction: float = Field(0.2, ge=0, le=1)  # infinite: cosine max -> const
     const_lr_ratio: float = Field(0.25, gt=0, le=1)    # infinite: eta_const / eta_max
     anneal_fraction: float = Field(0.0, ge=0, le=1)    # infinite: 0 = no anneal
 
+    @model_validator(mode="after")
+    def _check_lrs(self):
+        if isinstance(self.max_lr, float) and self.max_lr <= 0:
+            raise ValueError(f"max_lr must be > 0, got {self.max_lr}")
+        if isinstance(self.start_lr, float) and self.start_lr < 0:
+            raise ValueError(f"start_lr must be >= 0, got {self.start_lr}")
+        return self
+
+    @property
+    def chained(self) -> bool:
+        """True while ``max_lr`` or ``start_lr`` still says ``previous``."""
+        return PREVIOUS in (self.max_lr, self.start_lr)
+
+    @property
+    def peak_lr(self) -> float:
+        if self.max_lr == PREVIOUS:
+            raise ValueError("max_lr is 'previous': chain the schedule to the previous stage "
+                             "first (pipeline.train.schedules.chain)")
+        return float(self.max_lr)
+
     @property
     def min_lr_value(self) -> float:
-        return self.min_lr if self.min_lr is not None else self.min_lr_ratio * self.max_lr
+        return self.min_lr if self.min_lr is not None else self.min_lr_ratio * self.peak_lr
 
     def warmup_for(self, total_steps: int) -> int:
         if self.warmup_steps is not None:
@@ -192,27 +221,81 @@ class TrainConfig(Model):
         return self.batch_tokens // context
 
 
-class PhaseConfig(Model):
-    """One continual-pretraining phase, started from the previous stage's weights.
+class SwitchConfig(Model):
+    """Switch the phase's blend to ``mixture`` part-way through the phase: when the
+    learning rate has decayed to ``at_lr_ratio`` of the phase's peak (Parmar et al. 2024,
+    "Reuse, Don't Retrain": at max/5), or at ``at_fraction`` of the phase's steps."""
 
-    ``replay`` is the fraction of each batch drawn from the previous stage's mixture
-    (1-5% limits forgetting; ~25% for a strong shift such as a new language — Ibrahim et
-    al. 2024). The default schedule re-warms: linear warmup over 1% of the phase to a new
-    max, then cosine decay (Gupta et al. 2023).
-    """
-
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$")
-    steps: int = Field(100, ge=1)
     mixture: dict[str, float] = Field(..., min_length=1)
-    replay: float = Field(0.05, ge=0, le=1)
-    schedule: ScheduleConfig = ScheduleConfig(kind="rewarm_cosine", max_lr=5e-4, warmup_fraction=0.01)
-    load_optimizer: bool = Field(False, description="continue AdamW moments from the previous stage")
+    at_lr_ratio: float | None = Field(None, gt=0, le=1)
+    at_fraction: float | None = Field(None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _check(self):
+        if (self.at_lr_ratio is None) == (self.at_fraction is None):
+            raise ValueError("switch needs exactly one of at_lr_ratio or at_fraction")
         if any(w < 0 for w in self.mixture.values()) or sum(self.mixture.values()) <= 0:
-            raise ValueError(f"phase {self.name!r}: mixture weights must be >= 0 and not all zero")
+            raise ValueError("switch.mixture weights must be >= 0 and not all zero")
         return self
+
+
+class PhaseConfig(Model):
+    """One continual-pretraining phase, started from the weights of the stage named by
+    ``init_from`` (default: the phase before it in the list, or pretraining).
+
+    * **Budget**: ``steps`` or ``tokens`` (rounded up to whole global batches).
+    * **Data seed**: ``seed`` (default derived from ``train.seed`` and the phase name), so a
+      phase never re-reads the windows pretraining read at the same step.
+    * **Replay**: exactly ``replay`` of every phase's rows come from ``replay_mixture``
+      (default: the original pretraining mixture, however many phases came before), the
+      rest from ``mixture`` (1-5% limits forgetting; ~25% for a strong shift such as a new
+      language — Ibrahim et al. 2024).
+    * **Schedule**: by default re-warms from where the previous stage ended to a new max
+      over 1% of the phase, then cosine decay (Gupta et al. 2023); ``max_lr: previous`` with
+      ``warmup_steps: 0`` continues without re-warming (infinite / WSD schedules).
+    * **Optimizer**: ``load_optimizer`` carries AdamW moments over; false resets them.
+    """
+
+    _resource_fields = frozenset({"eval_every"})
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$")
+    steps: int | None = Field(None, ge=1, description="default 100 unless tokens is given")
+    tokens: int | None = Field(None, ge=1, description="token budget instead of steps")
+    mixture: dict[str, float] = Field(..., min_length=1)
+    replay: float = Field(0.05, ge=0, le=1)
+    replay_mixture: dict[str, float] | None = Field(
+        None, description="what replay draws from; default the original pretraining mixture")
+    seed: int | None = Field(None, description="data seed; default derived from train.seed and name")
+    init_from: str | None = Field(None, description="'pretrain' or an earlier phase's name "
+                                                    "(branches); default the previous phase")
+    switch: SwitchConfig | None = None
+    schedule: ScheduleConfig = ScheduleConfig(kind="rewarm_cosine", max_lr=5e-4, warmup_fraction=0.01)
+    load_optimizer: bool = Field(False, description="continue AdamW moments from the previous stage")
+    eval_every: int | None = Field(None, ge=0, description="val-loss every N steps; default train.eval_every")
+
+    @model_validator(mode="after")
+    def _check(self):
+        for where, mix in (("mixture", self.mixture), ("replay_mixture", self.replay_mixture)):
+            if mix is not None and (any(w < 0 for w in mix.values()) or sum(mix.values()) <= 0):
+                raise ValueError(f"phase {self.name!r}: {where} weights must be >= 0 and not all zero")
+        if self.steps is not None and self.tokens is not None:
+            raise ValueError(f"phase {self.name!r}: give steps or tokens, not both")
+        return self
+
+    def steps_for(self, tokens_per_step: int) -> int:
+        """The phase's length in optimizer steps (``tokens`` rounded up to whole batches)."""
+        if self.tokens is not None:
+            return max(1, -(-self.tokens // tokens_per_step))
+        return self.steps if self.steps is not None else 100
+
+    def data_seed(self, train_seed: int) -> int:
+        """``seed``, or a seed derived from (train.seed, phase name): never train.seed itself."""
+        if self.seed is not None:
+            return self.seed
+        import hashlib
+
+        digest = hashlib.sha256(f"{train_seed}:continual:{self.name}".encode()).digest()
+        return int.from_bytes(digest[:4], "little")
 
 
 class ContinualConfig(Model):
@@ -226,4 +309,18 @@ class ContinualConfig(Model):
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names):
             raise ValueError(f"continual phase names must be unique, got {names}")
+        if "pretrain" in names:
+            raise ValueError("'pretrain' is reserved (init_from: pretrain); rename the phase")
+        for i, p in enumerate(self.phases):
+            if p.init_from is not None and p.init_from != "pretrain" and p.init_from not in names[:i]:
+                raise ValueError(f"phase {p.name!r}: init_from {p.init_from!r} is not 'pretrain' "
+                                 f"or an earlier phase ({names[:i]})")
         return self
+
+    def parents(self) -> dict[str, str]:
+        """phase name -> the stage it starts from ('pretrain' or a phase name)."""
+        out, prev = {}, "pretrain"
+        for p in self.phases:
+            out[p.name] = p.init_from or prev
+            prev = p.name
+        return out

@@ -411,7 +411,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def train_worker(spec: dict) -> dict | None:
     """Run (or resume) training as described by ``spec``; rank 0 returns the summary."""
-    from pipeline.tokenize.mixture import MixtureSampler
+    from pipeline.tokenize.mixture import sampler_for
     from pipeline.tokenize.reader import open_shards
 
     in_ray = spec.get("in_ray", False)
@@ -444,9 +444,7 @@ def train_worker(spec: dict) -> dict | None:
 
     # -- data: rows of the global batch for this rank, a function of (seed, step)
     shards = open_shards(Path(spec["shards_dir"]))
-    mixture = spec["mixture"]
-    sampler = MixtureSampler({s: shards[s]["train"] for s in mixture}, mixture, context,
-                             spec.get("seed", cfg.seed))
+    sampler = sampler_for(shards, spec, context, cfg.seed)   # mixture, replay, switch, seed
     val_sets = {s: shards[s]["val"] for s in shards if shards[s]["val"].n_tokens > 1}
     batch_size = cfg.global_batch(context)
     if batch_size % world:

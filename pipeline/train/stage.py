@@ -7,7 +7,10 @@ or one worker on a local Ray, in this process (``in_process``). Outputs under ``
   checkpoint/state.pt   full training state (model, AdamW, step): exact resume
   hf/                   save_pretrained weights + the tokenizer (AutoModelForCausalLM loads it)
   train_log.jsonl       one line per step: loss, lr, grad norm, tokens/s, val losses
-  mixture.json          the effective source weights (after replay blending)
+  mixture.json          the expected source weights over the stage (after replay and switch)
+  lineage.json          where the stage sits in the chain: parent, global steps, start/end
+                        lr, pretraining mixture, data seed, realised and cumulative tokens
+                        per source, realised replay fraction (``write_lineage``)
   summary.json          final metrics (also returned and logged to MLflow)
   plots/loss.png, plots/lr.png
 
@@ -25,7 +28,9 @@ from pathlib import Path
 from pipeline.stage import StageContext
 from pipeline.train.config import PhaseConfig, ScheduleConfig, TrainConfig
 from pipeline.train.loop import STATE_FILE, latest_checkpoint, ray_train_func, train_worker
-from pipeline.train.schedules import lr_curve
+from pipeline.train.schedules import chain, end_lr, lr_at, lr_curve, switch_step
+
+LINEAGE = "lineage.json"
 
 
 # ---- mixtures ---------------------------------------------------------------------------
@@ -313,6 +318,7 @@ def run_pretrain(cfg: TrainConfig, shards_dir: Path, ctx: StageContext) -> dict:
                      schedule=cfg.schedule, steps=cfg.steps, tracking_uri=ctx.tracking_uri,
                      run_id=ctx.mlflow_run_id, show_progress=ctx.show_progress)
     summary = execute(spec, cfg, ctx.num_cpus)
+    write_lineage(ctx, spec, cfg, label="pretrain", parent=None, pretrain_mixture=mixture)
     metrics = _finish(ctx, summary, mixture, cfg.schedule, cfg.steps, ctx.name)
     _log_model(ctx, cfg, metrics)
     return metrics
@@ -320,43 +326,144 @@ def run_pretrain(cfg: TrainConfig, shards_dir: Path, ctx: StageContext) -> dict:
 
 def run_continual(phase: PhaseConfig, train_cfg: TrainConfig, shards_dir: Path,
                   init_dir: Path, ctx: StageContext,
-                  previous_mixture: dict[str, float]) -> dict:
-    """Continue training ``<init_dir>/hf`` on ``phase.mixture`` blended with
-    ``phase.replay`` of ``previous_mixture``, under the phase's (re-warming) schedule.
+                  replay_mixture: dict[str, float] | None = None) -> dict:
+    """Continue training ``<init_dir>/hf`` (the artifact of the pretrain stage or of the
+    phase this one starts from) under ``phase``:
 
-    ``init_dir`` is the artifact of the pretrain stage or of the previous phase;
-    ``previous_mixture`` is the mixture that produced it. When it is empty (a spec whose
-    ``train.mixture`` is empty weights sources by tokens) the effective mixture recorded
-    in ``<init_dir>/mixture.json`` is used."""
+    * data: ``phase.mixture`` with exactly ``phase.replay`` of the rows drawn from the
+      replay blend — ``phase.replay_mixture``, else ``replay_mixture``, else the original
+      pretraining mixture recorded in ``<init_dir>/lineage.json`` — with the phase's own
+      data seed (``PhaseConfig.data_seed``), and an optional blend switch;
+    * schedule: ``previous`` resolved to the lr where ``init_dir``'s stage ended (``chain``);
+    * budget: ``phase.steps`` or ``phase.tokens``.
+    """
+    from pipeline.tokenize.mixture import sampler_for
     from pipeline.tokenize.reader import open_shards
 
     init_dir, shards_dir = Path(init_dir), Path(shards_dir)
     if not (init_dir / "hf").is_dir():
         raise FileNotFoundError(f"{init_dir / 'hf'} does not exist: continual phase "
                                 f"{phase.name!r} needs the previous stage's weights")
-    if not previous_mixture and (init_dir / "mixture.json").exists():
-        previous_mixture = json.loads((init_dir / "mixture.json").read_text())
+    parent = read_lineage(init_dir)
     shards = open_shards(shards_dir)
-    mixture = blend_mixture(resolve_mixture(phase.mixture, shards),
-                            resolve_mixture(previous_mixture, shards) if previous_mixture else {},
-                            phase.replay)
+    new_mix = resolve_mixture(phase.mixture, shards)
+    replay_from = phase.replay_mixture or replay_mixture or parent.get("pretrain_mixture") or {}
+    replay_mix = resolve_mixture(replay_from, shards) if replay_from and phase.replay > 0 else {}
+    if phase.replay > 0 and not replay_mix:
+        raise ValueError(f"phase {phase.name!r} sets replay={phase.replay} but {init_dir} records "
+                         "no pretraining mixture; give replay_mixture")
+    schedule = chain(phase.schedule, parent.get("end_lr"))
+    steps = phase.steps_for(train_cfg.batch_size * train_cfg.context)
+    switch_at, switch_mix = None, None
+    if phase.switch is not None:
+        switch_mix = resolve_mixture(phase.switch.mixture, shards)
+        switch_at = switch_step(steps, schedule, at_lr_ratio=phase.switch.at_lr_ratio,
+                                at_fraction=phase.switch.at_fraction)
+    mixture = expected_mixture(new_mix, replay_mix, phase.replay, steps, switch_at, switch_mix)
     for src, w in mixture.items():
         ctx.param(f"mix.{src}", round(w, 6))
     ctx.param("replay", phase.replay)
+    ctx.param("start_lr", lr_at(0, steps, schedule))
     (ctx.out_dir / "mixture.json").write_text(json.dumps(mixture, indent=1))
-    cfg = train_cfg.model_copy(update={"steps": phase.steps, "mixture": mixture,
-                                       "schedule": phase.schedule})
+    update = {"steps": steps, "mixture": new_mix, "schedule": schedule,
+              "seed": phase.data_seed(train_cfg.seed)}
+    if phase.eval_every is not None:
+        update["eval_every"] = phase.eval_every
+    cfg = train_cfg.model_copy(update=update)
     last = latest_checkpoint(init_dir)
     init_opt = last / STATE_FILE if phase.load_optimizer and last else None
     if phase.load_optimizer and init_opt is None:
         raise FileNotFoundError(f"phase {phase.name!r} sets load_optimizer but {init_dir} "
                                 "holds no checkpoint")
-    spec = loop_spec(cfg, shards_dir, ctx.out_dir, name=ctx.name, mixture=mixture,
-                     schedule=phase.schedule, steps=phase.steps, tracking_uri=ctx.tracking_uri,
+    spec = loop_spec(cfg, shards_dir, ctx.out_dir, name=ctx.name, mixture=new_mix,
+                     schedule=schedule, steps=steps, tracking_uri=ctx.tracking_uri,
                      run_id=ctx.mlflow_run_id, init_hf_dir=init_dir / "hf",
                      init_optimizer=init_opt, show_progress=ctx.show_progress)
+    data = {"replay": phase.replay if replay_mix else 0.0, "replay_mixture": replay_mix or None,
+            "switch_step": switch_at, "switch_mixture": switch_mix}
+    spec.update(data)
+    spec["fingerprint"] = _fingerprint(cfg, schedule, steps, new_mix,
+                                       extra=json.dumps(data, sort_keys=True) + ":init")
+    sampler_for(shards, spec, cfg.context, cfg.seed)      # a bad mixture fails before Ray starts
     summary = execute(spec, cfg, ctx.num_cpus)
-    metrics = _finish(ctx, summary, mixture, phase.schedule, phase.steps,
-                      f"{ctx.name} ({phase.schedule.kind}, replay {phase.replay:g})")
+    lineage = write_lineage(ctx, spec, cfg, label=f"continual.{phase.name}", parent=parent,
+                            pretrain_mixture=parent.get("pretrain_mixture") or replay_mix)
+    summary["replay_fraction_realised"] = lineage["replay_fraction_realised"]
+    if switch_at is not None:
+        summary["switch_step"] = switch_at
+        ctx.note(f"- blend switched at step {switch_at} (lr {lr_at(switch_at, steps, schedule):.2e})")
+    metrics = _finish(ctx, summary, mixture, schedule, steps,
+                      f"{ctx.name} ({schedule.kind}, replay {phase.replay:g})")
     _log_model(ctx, cfg, metrics)
     return metrics
+
+
+def expected_mixture(new: dict[str, float], replay: dict[str, float], fraction: float,
+                     steps: int, switch_at: int | None = None,
+                     switched: dict[str, float] | None = None) -> dict[str, float]:
+    """The source weights a phase draws in expectation over its ``steps``: ``1 - fraction``
+    of ``new`` (``switched`` from step ``switch_at`` on) and ``fraction`` of ``replay``."""
+    main = normalize(new)
+    if switch_at is not None and switched:
+        a = min(max(switch_at, 0), steps) / steps
+        sw = normalize(switched)
+        main = {s: a * main.get(s, 0.0) + (1 - a) * sw.get(s, 0.0) for s in set(main) | set(sw)}
+    return blend_mixture(main, replay, fraction) if replay else normalize(main)
+
+
+# ---- lineage: how stages chain ------------------------------------------------------------
+
+def read_lineage(art_dir: Path) -> dict:
+    """``<art_dir>/lineage.json``; for an artifact written before it existed, what can be
+    recovered (its mixture as the pretraining mixture, the last logged lr and step)."""
+    art_dir = Path(art_dir)
+    path = art_dir / LINEAGE
+    if path.exists():
+        return json.loads(path.read_text())
+    out: dict = {"label": art_dir.name, "global_step_end": 0, "cumulative_tokens_per_source": {}}
+    if (art_dir / "mixture.json").exists():
+        out["pretrain_mixture"] = json.loads((art_dir / "mixture.json").read_text())
+    records = read_log(art_dir)
+    if records:
+        out["end_lr"] = records[-1]["lr"]
+        out["global_step_end"] = records[-1]["step"]
+    return out
+
+
+def write_lineage(ctx: StageContext, spec: dict, cfg: TrainConfig, *, label: str,
+                  parent: dict | None, pretrain_mixture: dict[str, float]) -> dict:
+    """Record where this stage sits in the chain (read by the next phase and by evaluate):
+    global step range, schedule start/end, the data it actually drew, cumulative tokens."""
+    from pipeline.tokenize.mixture import sampler_for
+    from pipeline.tokenize.reader import open_shards
+
+    steps = int(spec["steps"])
+    schedule = ScheduleConfig.model_validate(spec["schedule"])
+    sampler = sampler_for(open_shards(Path(spec["shards_dir"])), spec, cfg.context, cfg.seed)
+    realised = sampler.realised(steps, cfg.batch_size)
+    parent = parent or {}
+    cum = dict(parent.get("cumulative_tokens_per_source") or {})
+    for src, n in realised["tokens"].items():
+        cum[src] = cum.get(src, 0) + n
+    g0 = int(parent.get("global_step_end", 0))
+    lineage = {
+        "label": label, "parent": parent.get("label"),
+        "ancestors": [*parent.get("ancestors", []), parent["label"]] if parent.get("label") else [],
+        "pretrain_mixture": pretrain_mixture, "mixture": spec["mixture"],
+        "replay": spec.get("replay", 0.0), "replay_mixture": spec.get("replay_mixture"),
+        "switch_step": spec.get("switch_step"), "switch_mixture": spec.get("switch_mixture"),
+        "seed": spec.get("seed", cfg.seed), "steps": steps,
+        "tokens_per_step": cfg.batch_size * cfg.context,
+        "global_step_start": g0, "global_step_end": g0 + steps,
+        "start_lr": lr_at(0, steps, schedule), "peak_lr": max(lr_curve(steps, schedule)),
+        "end_lr": end_lr(steps, schedule), "schedule": spec["schedule"],
+        "tokens_per_source": realised["tokens"], "cumulative_tokens_per_source": cum,
+        "replay_tokens_per_source": realised["replay_tokens"],
+        "replay_fraction_realised": realised["replay_fraction"],
+    }
+    (ctx.out_dir / LINEAGE).write_text(json.dumps(lineage, indent=1))
+    ctx.metrics({**{f"tokens.{s}": float(n) for s, n in realised["tokens"].items()},
+                 **{f"cum_tokens.{s}": float(n) for s, n in cum.items()},
+                 "global_step_end": float(g0 + steps),
+                 "replay_fraction_realised": realised["replay_fraction"]})
+    return lineage
