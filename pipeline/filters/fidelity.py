@@ -23,7 +23,7 @@ HEURISTICS = ("gopher_repetition", "gopher_quality", "c4", "fineweb")
 SHARED_DOCS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "docs"
 
 
-def _stdlib_texts(rng: random.Random, limit_files: int = 400) -> tuple[list[str], list[str]]:
+def _stdlib_texts(rng: random.Random, limit_files: int = 150) -> tuple[list[str], list[str]]:
     files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/**/*.py", recursive=True))
     rng.shuffle(files)
     docstrings, comments = [], []
