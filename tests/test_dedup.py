@@ -401,5 +401,6 @@ def test_tokenize_upsamples_by_sampling_weight(tmp_path, planted, ray_local):
                          StageContext.for_testing(tmp_path / name))
         counts[name] = (len(open_shards(tmp_path / name)["prose"]["train"]), m)
     assert counts["plain"][0] == len(kept) == 60
-    assert counts["up"][0] == sum(r["sampling_weight"] for r in kept) == 60 + 1 + 2   # d0003 x2, d0011 x3
+    # four clusters of two (d0003, d0005, d0007, d0009) x2, the cluster of three (d0011) x3
+    assert counts["up"][0] == sum(r["sampling_weight"] for r in kept) == 55 + 4 * 2 + 3
     assert counts["up"][1]["docs_in"] == 60
