@@ -13,14 +13,14 @@ quality, C4 with line cleaning, FineWeb) with the published defaults, on one cor
 
 * forgeflow: ``FilterChain.process`` over Arrow batches of 1,000 documents (what each Ray
   worker runs).
-* baseline: the same rules written the way most pipelines write them (datatrove-style):
-  a Python loop over documents, ``str.split``, ``collections.Counter`` of joined n-gram
-  strings, per-line loops. Written here, in this file, from the rule definitions.
+* baseline: datatrove 0.10.1 itself (the dev extra), its four filters document by
+  document, each on the text the previous one left (C4 rewrites it), as its pipeline runs.
 
 It prints documents/s for both, their ratio, and how often the two agree on keep/remove
-(they implement the same definitions; the few disagreements come from Unicode corner
-cases where Python's and Arrow's notions of whitespace/lowercase differ). ``--ray`` also
-times ``run_filter`` end to end on the local Ray (2 CPUs: read, filter, write Parquet).
+over the whole chain; then each rule's agreement with datatrove on a mixed corpus (prose,
+code comments, verse-like lines, short messages, translated strings in other languages:
+``pipeline/filters/fidelity.py``). ``--ray`` also times ``run_filter`` end to end on the
+local Ray (2 CPUs: read, filter, write Parquet).
 """
 
 from __future__ import annotations
@@ -36,20 +36,17 @@ import math  # noqa: E402
 import random  # noqa: E402
 import sysconfig
 import time
-import unicodedata
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import regex
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.filters.chain import FilterChain  # noqa: E402
 from pipeline.filters.config import FiltersConfig  # noqa: E402
-from pipeline.filters.text import NOSPACE_CHAR, PUNCT_CHARS, TERMINAL_PUNCT  # noqa: E402
+from pipeline.filters import fidelity  # noqa: E402
 
 SHAKESPEARE = REPO.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
 
@@ -119,151 +116,26 @@ def build_corpus(n_docs: int, seed: int = 0) -> list[str]:
     return docs
 
 
-# =============================================================================== baseline
-# The same rules, document by document, the way most pipelines write them.
-NOSPACE = regex.compile(NOSPACE_CHAR)
-STOP = {"the", "be", "to", "of", "and", "that", "have", "with"}
-POLICY = ["terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies"]
-CITATION = regex.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
-SENT = regex.compile(r"[.!?]+(?:\s|$)")
+# =============================================================================== datatrove
+def datatrove_chain():
+    """datatrove 0.10.1's own filters, in FineWeb's order, with their defaults."""
+    from pipeline.filters.fidelity import datatrove_filters
+    return [datatrove_filters(step) for step in ("gopher_repetition", "gopher_quality", "c4", "fineweb")]
 
 
-def split_words(text: str) -> list[str]:
-    if NOSPACE.search(text):
-        text = NOSPACE.sub(lambda m: f" {m.group(0)} ", text)
-    return text.split()
-
-
-def is_symbol(w: str) -> bool:
-    return all(unicodedata.category(c)[0] in "PS" for c in w)
-
-
-def find_duplicates(items):
-    seen, dup_n, dup_chars = set(), 0, 0
-    for x in items:
-        if x in seen:
-            dup_n += 1
-            dup_chars += len(x)
-        else:
-            seen.add(x)
-    return dup_n, dup_chars
-
-
-def base_gopher_repetition(text: str) -> bool:
-    lines = [l for l in text.split("\n") if l.strip()]
-    n, c = find_duplicates(lines)
-    if lines and n / len(lines) > 0.30:
-        return False
-    paras = regex.split(r"\n{2,}", text.strip())
-    pn, pc_ = find_duplicates(paras)
-    if paras and pn / len(paras) > 0.30:
-        return False
-    if text and c / len(text) > 0.20:
-        return False
-    if text and pc_ / len(text) > 0.20:
-        return False
-    words = split_words(text)
-    for n, thr in ((2, 0.20), (3, 0.18), (4, 0.16)):
-        grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
-        counts = Counter(grams)
-        if counts:
-            top = max(counts.values())
-            if top > 1:
-                longest = max(len(g) for g, k in counts.items() if k == top)
-                if top * longest / len(text) > thr:
-                    return False
-    total = sum(len(w) for w in words)
-    for n, thr in ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)):
-        grams = [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
-        counts = Counter(grams)
-        covered = [False] * len(words)
-        for i, g in enumerate(grams):
-            if counts[g] > 1:
-                for j in range(i, i + n):
-                    covered[j] = True
-        dup = sum(len(w) for w, cv in zip(words, covered) if cv)
-        if total and dup / total > thr:
-            return False
-    return True
-
-
-def base_gopher_quality(text: str) -> bool:
-    words = split_words(text)
-    non_symbol = [w for w in words if not is_symbol(w)]
-    n = len(non_symbol)
-    if n < 50 or n > 100_000:
-        return False
-    avg = sum(len(w.strip(PUNCT_CHARS)) for w in non_symbol) / n
-    if avg < 3 or avg > 10:
-        return False
-    if text.count("#") / n > 0.1:
-        return False
-    if (text.count("...") + text.count("…")) / n > 0.1:
-        return False
-    lines = text.split("\n")
-    if sum(l.lstrip().startswith(("•", "-")) for l in lines) / len(lines) > 0.9:
-        return False
-    if sum(l.rstrip().endswith(("...", "…")) for l in lines) / len(lines) > 0.3:
-        return False
-    if sum(any(c.isalpha() for c in w) for w in words) / len(words) < 0.8:
-        return False
-    if sum(w.strip(PUNCT_CHARS).lower() in STOP for w in words) < 2:
-        return False
-    return True
-
-
-def base_c4(text: str) -> tuple[bool, str]:
-    kept, sentences = [], 0
-    for line in text.split("\n"):
-        line = line.strip()
-        words = line.split()
-        if words and max(len(w) for w in words) > 1000:
-            continue
-        line = CITATION.sub("", line).strip()
-        if not line.endswith((".", "?", "!", '"')) or line.endswith(("...", "…")):
-            continue
-        if len(words) < 3:
-            continue
-        low = line.lower()
-        if "lorem ipsum" in low:
-            return False, ""
-        if "javascript" in low:
-            continue
-        if "{" in line:
-            return False, ""
-        if any(p in low for p in POLICY):
-            continue
-        sentences += max(1, len(SENT.findall(line)))
-        kept.append(line)
-    if sentences < 5:
-        return False, ""
-    return True, "\n".join(kept).strip()
-
-
-def base_fineweb(text: str) -> bool:
-    lines = [l for l in text.split("\n") if l.strip()]
-    if not lines:
-        return False
-    if sum(l.endswith(tuple(TERMINAL_PUNCT)) for l in lines) / len(lines) < 0.12:
-        return False
-    if sum(len(l) <= 30 for l in lines) / len(lines) > 0.67:
-        return False
-    if find_duplicates(lines)[1] / max(len(text.replace("\n", "")), 1) > 0.01:
-        return False
-    words = split_words(text)
-    if not words or text.count("\n") / len(words) > 0.3:
-        return False
-    return True
-
-
-def baseline(docs: list[str]) -> list[bool]:
+def baseline(filters, docs: list[str]) -> list[bool]:
+    """datatrove's pipeline over documents: each filter in turn, C4 rewriting the text."""
+    from datatrove.data import Document
     out = []
-    for text in docs:
-        if not text.strip() or not base_gopher_repetition(text) or not base_gopher_quality(text):
-            out.append(False)
-            continue
-        ok, text = base_c4(text)
-        out.append(ok and base_fineweb(text))
+    for i, text in enumerate(docs):
+        doc = Document(text=text, id=str(i))
+        ok = bool(text.strip())
+        for f in filters if ok else ():
+            res = f.filter(doc)
+            if not (res is True or (isinstance(res, tuple) and res[0])):
+                ok = False
+                break
+        out.append(ok)
     return out
 
 
@@ -285,6 +157,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=20_000)
     ap.add_argument("--ray", action="store_true", help="also time run_filter on local Ray")
+    ap.add_argument("--agree-docs", type=int, default=1000,
+                    help="documents of the mixed corpus (pipeline/filters/fidelity.py) for per-rule agreement")
     args = ap.parse_args()
 
     t = time.perf_counter()
@@ -297,6 +171,7 @@ def main() -> None:
     # Interleave the two, 1,000 documents at a time, so that both see the same machine
     # load (this machine is shared); report CPU time (robust to other processes) and wall.
     chain = make_chain()
+    dt = datatrove_chain()
     ff, bl = [], []
     wall = {"ff": 0.0, "bl": 0.0}
     cpu = {"ff": 0.0, "bl": 0.0}
@@ -306,16 +181,28 @@ def main() -> None:
         ff += forgeflow(chain, part)
         wall["ff"] += time.perf_counter() - w; cpu["ff"] += time.process_time() - c
         w, c = time.perf_counter(), time.process_time()
-        bl += baseline(part)
+        bl += baseline(dt, part)
         wall["bl"] += time.perf_counter() - w; cpu["bl"] += time.process_time() - c
 
     agree = np.mean(np.array(ff) == np.array(bl))
     n = len(docs)
     print(f"{'':36s} {'docs/s (CPU time)':>18s} {'docs/s (wall)':>14s}  kept")
     print(f"{'forgeflow (Arrow batches, 1 core)':36s} {n / cpu['ff']:18.1f} {n / wall['ff']:14.1f}  {sum(ff):,}")
-    print(f"{'baseline (per-document Python)':36s} {n / cpu['bl']:18.1f} {n / wall['bl']:14.1f}  {sum(bl):,}")
+    print(f"{'datatrove 0.10.1 (per document)':36s} {n / cpu['bl']:18.1f} {n / wall['bl']:14.1f}  {sum(bl):,}")
     print(f"speed-up: {cpu['bl'] / cpu['ff']:.2f}x by CPU time, {wall['bl'] / wall['ff']:.2f}x by wall time; "
-          f"keep/remove agreement {100 * agree:.2f}%")
+          f"chain keep/remove agreement {100 * agree:.2f}%")
+
+    if args.agree_docs:
+        mixed = fidelity.build_corpus(args.agree_docs, seed=1)
+        kinds = sorted({d["kind"] for d in mixed})
+        print(f"per-rule agreement with datatrove on {len(mixed):,} mixed documents ({', '.join(kinds)}; "
+              f"languages {', '.join(sorted({d['lang'] for d in mixed}))}):")
+        for step in fidelity.HEURISTICS:
+            theirs = fidelity.datatrove_decisions(mixed, step)
+            ours = fidelity.forgeflow_decisions(mixed, step)
+            rate, compared, bad = fidelity.agreement(ours, theirs)
+            print(f"  {step:18s} {100 * rate:6.2f}% of {compared:,} (datatrove removes "
+                  f"{sum(t is False for t in theirs):,}; {len(bad)} differ)")
 
     if args.ray:
         import tempfile

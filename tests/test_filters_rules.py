@@ -1,4 +1,7 @@
-"""Heuristic filter rules on crafted documents, on both sides of each published threshold."""
+"""Heuristic filter rules on crafted documents, on both sides of each published threshold.
+
+These pin the papers' literal definitions (``semantics: paper``); the datatrove-reference
+semantics (the default) are checked against datatrove itself in test_datatrove_oracle.py."""
 
 from __future__ import annotations
 
@@ -48,11 +51,11 @@ GQ_ONLY = dict(min_words=None, max_words=None, min_avg_word_length=None, max_avg
 
 
 def gq(**over):
-    return GopherQualityFilter(GopherQualityConfig(**{**GQ_ONLY, **over}))
+    return GopherQualityFilter(GopherQualityConfig(**{"semantics": "paper", **GQ_ONLY, **over}))
 
 
 def test_gopher_quality_word_count_bounds():
-    f = GopherQualityFilter(GopherQualityConfig())         # all published defaults
+    f = GopherQualityFilter(GopherQualityConfig(semantics="paper"))         # all published defaults
     base = ["the", "of"] + words(48)
     assert_decisions(f, " ".join(base), " ".join(base[:-1]), "n_words")
     # symbol-only tokens are not words: 49 words + 5 "--" tokens still fails
@@ -105,7 +108,7 @@ def test_gopher_quality_alpha_and_stop_words():
 def rep(**over):
     base = dict(max_dup_line_fraction=None, max_dup_para_fraction=None, max_dup_line_char_fraction=None,
                 max_dup_para_char_fraction=None, top_ngram_max={}, dup_ngram_max={})
-    return GopherRepetitionFilter(GopherRepetitionConfig(**{**base, **over}))
+    return GopherRepetitionFilter(GopherRepetitionConfig(**{"semantics": "paper", **base, **over}))
 
 
 def test_gopher_repetition_duplicate_lines_and_paragraphs():
@@ -177,7 +180,7 @@ def test_ngram_statistics_respect_document_boundaries():
 def fw(**over):
     base = dict(min_line_punct_ratio=None, max_short_line_ratio=None, max_dup_line_char_ratio=None,
                 max_newline_per_word=None)
-    return FineWebFilter(FineWebConfig(**{**base, **over}))
+    return FineWebFilter(FineWebConfig(**{"semantics": "paper", **base, **over}))
 
 
 def test_fineweb_rules():
@@ -202,7 +205,7 @@ def test_fineweb_rules():
 
 
 def test_fineweb_empty_document_is_removed_as_empty():
-    res = run(FineWebFilter(FineWebConfig()), ["\n \n", "word " * 10 + "."])
+    res = run(FineWebFilter(FineWebConfig(semantics="paper")), ["\n \n", "word " * 10 + "."])
     assert res.keep[0] == False  # noqa: E712
     assert res.detail[0].startswith("n_lines=0")
 
@@ -217,7 +220,7 @@ def test_c4_line_cleaning_modifies_text():
     doc = "\n".join([good[0], "Menu", "Enable javascript to see this page.", good[1],
                      "This site uses cookies for analytics.", "no punctuation at the end here",
                      good[2] + " [1]", "Read more...", "x" * 1001 + " is long.", good[3], good[4], good[5]])
-    res = run(C4Filter(C4Config()), [doc])
+    res = run(C4Filter(C4Config(semantics="paper")), [doc])
     assert res.keep[0]
     assert res.new_text[0].as_py() == "\n".join([good[0], good[1], good[2], *good[3:]])
     assert res.scores["lines_dropped"][0] == 6
@@ -226,18 +229,18 @@ def test_c4_line_cleaning_modifies_text():
 def test_c4_document_rules():
     good = "\n".join(sentence(i) for i in range(5))
     four = "\n".join(sentence(i) for i in range(4))
-    assert_decisions(C4Filter(C4Config()), good, four, "n_sentences")
+    assert_decisions(C4Filter(C4Config(semantics="paper")), good, four, "n_sentences")
     # several sentences on one line count separately
-    assert run(C4Filter(C4Config()), [" ".join(sentence(i) for i in range(5))]).keep[0]
-    assert_decisions(C4Filter(C4Config()), good, good + "\nLorem ipsum dolor sit amet, consectetur.",
+    assert run(C4Filter(C4Config(semantics="paper")), [" ".join(sentence(i) for i in range(5))]).keep[0]
+    assert_decisions(C4Filter(C4Config(semantics="paper")), good, good + "\nLorem ipsum dolor sit amet, consectetur.",
                      "lorem_ipsum")
-    assert_decisions(C4Filter(C4Config()), good, good + "\nThe function f { returns } zero.",
+    assert_decisions(C4Filter(C4Config(semantics="paper")), good, good + "\nThe function f { returns } zero.",
                      "curly_bracket")
 
 
 def test_c4_badwords_rule_with_ldnoobw_en():
     path = shared_path("badwords", "en")
-    f = C4Filter(C4Config(badwords_paths=[str(path)]))
+    f = C4Filter(C4Config(semantics="paper", badwords_paths=[str(path)]))
     good = "\n".join(sentence(i) for i in range(5))
     res = assert_decisions(f, good, good + "\nWhat a load of bullshit this whole thing is.", "badwords")
     # substrings of listed words inside other words do not match ("scunthorpe problem")
@@ -274,13 +277,13 @@ def test_url_blocklist(tmp_path):
 def test_words_without_spaces_are_split_per_character():
     b = TextBatch(pa.array(["今日は良い天気です", "hello  world ", "", "ภาษาไทย"]))
     assert b.words.count.tolist() == [9, 2, 0, 7]
-    f = GopherQualityFilter(GopherQualityConfig(min_stop_words=0))
+    f = GopherQualityFilter(GopherQualityConfig(semantics="paper", min_stop_words=0))
     res = run(f, ["日本語の文章です。" * 10])
     assert res.scores["n_words"][0] == 80   # 8 characters a sentence (the full stop is a symbol)
 
 
 def test_scores_are_numpy_aligned_per_document():
-    f = GopherQualityFilter(GopherQualityConfig())
+    f = GopherQualityFilter(GopherQualityConfig(semantics="paper"))
     docs = ["", " ".join(words(60)), "\n\n", "a"]
     res = run(f, docs)
     assert len(res.keep) == 4 and all(len(np.asarray(v)) == 4 for v in res.scores.values())

@@ -3,17 +3,21 @@ MinHash LSH near-dedup, then one document kept per duplicate cluster.
 
 Defaults follow the published settings gathered in RESEARCH.md:
   * 5-word shingles after normalisation (FineWeb, Gopher-style dedup);
-  * 112 permutations = 14 bands x 8 rows (FineWeb: P(candidate | Jaccard 0.8) ~ 0.92,
-    effective threshold (1/b)^(1/r) ~ 0.72);
-  * threshold 0.7 (text-dedup / data-juicer), used to derive bands x rows when they are
-    not given (datasketch ``_optimal_param``, equal false-positive/negative weights) and
-    as the cut-off of the optional exact-Jaccard verification.
+  * 112 permutations; bands x rows derived from the threshold by default (datasketch
+    ``_optimal_param``, equal false-positive/negative weights); FineWeb's 14 x 8 is
+    ``bands: 14, rows: 8`` (P(candidate | Jaccard 0.8) ~ 0.92, but ~0.35 at Jaccard 0.55);
+  * threshold 0.7 (text-dedup / data-juicer), and exact-Jaccard verification of candidate
+    pairs on by default, so pages below the threshold are not merged (a MinHash band
+    collision alone is not enough);
+  * ``upsampling_weights``: FineWeb-2's rehydration, a ``sampling_weight`` column on kept
+    documents from their cluster size (the tokenize stage can repeat them by it).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from pipeline.specbase import Model
@@ -33,8 +37,8 @@ class DedupConfig(Model):
         None, description="character n-grams instead of word n-grams; None = auto per document "
                           "(lang column in zh/ja/th/lo/km/my/bo, or text with almost no spaces)")
     num_perm: int = Field(112, ge=2, le=1024, description="MinHash permutations (FineWeb: 112)")
-    bands: int | None = Field(14, ge=1, description="LSH bands (FineWeb: 14); None = derive from threshold")
-    rows: int | None = Field(8, ge=1, description="rows per band (FineWeb: 8); None = derive from threshold")
+    bands: int | None = Field(None, ge=1, description="LSH bands (FineWeb: 14); None = derive from threshold")
+    rows: int | None = Field(None, ge=1, description="rows per band (FineWeb: 8); None = derive from threshold")
     threshold: float = Field(0.7, gt=0.0, lt=1.0,
                              description="Jaccard similarity counted as duplicate (text-dedup/data-juicer: 0.7)")
     scheme: Literal["affine32", "legacy"] = Field(
@@ -43,7 +47,11 @@ class DedupConfig(Model):
     shingle_hash: Literal["rolling64", "sha1"] = Field(
         "rolling64", description="32-bit shingle hash: rolling64 (vectorised polynomial hash, "
                                  "~30x faster) or sha1 (datasketch's default sha1_hash32)")
-    verify_jaccard: bool = Field(False, description="check candidate pairs with exact shingle Jaccard >= threshold")
+    verify_jaccard: bool = Field(True, description="check candidate pairs with exact shingle Jaccard >= threshold")
+    upsampling_weights: dict[int, int] | None = Field(
+        None, description="FineWeb-2 rehydration: {min cluster size: weight}, e.g. "
+                          "{1: 1, 2: 2, 3: 3, 5: 5, 100: 8, 1000: 1}; kept documents get "
+                          "`sampling_weight` = the weight of the largest key <= their cluster size")
     seed: int = Field(1, description="permutation seed (datasketch MinHash default seed = 1)")
 
     # --- which document survives ---------------------------------------------------------
@@ -64,6 +72,19 @@ class DedupConfig(Model):
         if self.bands is not None and self.bands * self.rows > self.num_perm:
             raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
         return self
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> "DedupConfig":
+        w = self.upsampling_weights
+        if w is not None and (1 not in w or any(k < 1 or v < 0 for k, v in w.items())):
+            raise ValueError("upsampling_weights needs key 1 (singletons), keys >= 1, weights >= 0")
+        return self
+
+    def sampling_weight(self, cluster_size: np.ndarray) -> np.ndarray:
+        """FineWeb-2's ``Rehydrater``: weight of the largest key <= each cluster size."""
+        keys = np.array(sorted(self.upsampling_weights), dtype=np.int64)
+        vals = np.array([self.upsampling_weights[k] for k in keys], dtype=np.int64)
+        return vals[np.searchsorted(keys, np.asarray(cluster_size, dtype=np.int64), side="right") - 1]
 
     def lsh_params(self) -> tuple[int, int]:
         """(bands, rows): as given, or datasketch's ``_optimal_param(threshold, num_perm, 0.5, 0.5)``."""

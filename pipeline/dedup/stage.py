@@ -51,7 +51,7 @@ from pipeline.stage import StageContext
 
 KIND_TEXT, KIND_URL, KIND_BAND = 0, 1, 2
 REASON_EXACT, REASON_NEAR = "exact_duplicate", "near_duplicate"
-ADDED_COLUMNS = ("cluster_id", "cluster_size", "reason", "detail", "duplicate_of")
+ADDED_COLUMNS = ("cluster_id", "cluster_size", "sampling_weight", "reason", "detail", "duplicate_of")
 S_CURVE_POINTS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 _HAS_WORD = re.compile(r"[^\W_]", re.UNICODE)
 
@@ -407,7 +407,7 @@ class _PartWriter:
 
 
 def write_unit(unit: dict, info: dict, out_dir: str, sample_docs: np.ndarray,
-               batch_rows: int = 1024) -> dict:
+               batch_rows: int = 1024, weights=None) -> dict:
     """Split one unit into kept/removed rows and write both parts, streaming the unit in
     batches; return counts and text snippets of the requested sample docs (for the
     cluster examples table)."""
@@ -437,6 +437,8 @@ def write_unit(unit: dict, info: dict, out_dir: str, sample_docs: np.ndarray,
                 dup_of[li] = info["keeper_id"][j]
         table = table.append_column("cluster_id", pa.array(cluster_id, pa.string()))
         table = table.append_column("cluster_size", pa.array(size, pa.int64()))
+        if weights is not None:
+            table = table.append_column("sampling_weight", pa.array(weights(size), pa.int64()))
         schema = table.schema
         kept_w.add(table.filter(pa.array(~removed)))
         if removed.any():
@@ -543,7 +545,8 @@ def run_dedup(cfg: DedupConfig, docs_dir: Path, ctx: StageContext) -> dict:
         info = {"doc": cl["doc"][m], "keeper": cl["keeper"][m], "size": cl["size"][m],
                 "exact": cl["exact_root"][m] == cl["exact_of_keeper"][m],
                 "keeper_id": [keeper_ids[int(k)] for k in cl["keeper"][m]]}
-        args.append((unit, info, str(ctx.out_dir), sample[sample_unit == i]))
+        args.append((unit, info, str(ctx.out_dir), sample[sample_unit == i], 1024,
+                     cfg.sampling_weight if cfg.upsampling_weights is not None else None))
     prog = ctx.progress(total=n_docs, unit="docs", desc=f"{ctx.name}:write")
     results = _bounded_map(ray, write_unit, args, 2 * ctx.num_cpus)
     prog.update(n_docs)

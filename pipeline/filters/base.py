@@ -112,3 +112,33 @@ class Filter:
         scores = self.score(batch)
         keep, detail = self.keep(scores)
         return FilterResult(keep=keep, detail=detail, scores=scores)
+
+
+class LanguageAwareFilter(Filter):
+    """A heuristic filter whose thresholds may depend on the document's language
+    (``languages.LanguageAwareConfig``): ``score(batch)`` once, then ``keep(scores, cfg)``
+    per group of documents sharing an effective config."""
+
+    def groups(self, batch: TextBatch):
+        from pipeline.filters.languages import language_groups
+        return language_groups(self.cfg, batch.langs, batch.n)
+
+    def keep_grouped(self, scores: dict, groups) -> tuple[np.ndarray, np.ndarray]:
+        if len(groups) == 1:
+            return self.keep(scores, groups[0][0])
+        n = len(groups[0][1]) + sum(len(g[1]) for g in groups[1:])
+        keep = np.ones(n, dtype=bool)
+        detail = np.full(n, None, dtype=object)
+        for cfg, idx in groups:
+            k, d = self.keep({c: np.asarray(v)[idx] for c, v in scores.items()}, cfg)
+            keep[idx], detail[idx] = k, d
+        return keep, detail
+
+    def apply(self, batch: TextBatch) -> FilterResult:
+        groups = self.groups(batch)
+        scores = self.score(batch, groups) if self.scores_depend_on_language else self.score(batch)
+        keep, detail = self.keep_grouped(scores, groups)
+        return FilterResult(keep=keep, detail=detail, scores=scores)
+
+    #: True when ``score(batch, groups)`` needs the groups (per-language stop words)
+    scores_depend_on_language: ClassVar[bool] = False

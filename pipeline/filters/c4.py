@@ -10,8 +10,17 @@ curly bracket ``{``, if fewer than 5 sentences remain, or (with ``badwords_paths
 cleaned text contains a word from the bad-words list (LDNOOBW ``en`` is what C4 used).
 Kept documents carry the cleaned text: the surviving lines joined by ``\\n``.
 
-Sentences are counted per surviving line as runs of ``.!?`` followed by whitespace or the
-line end (at least one per line), a regex stand-in for the NLTK splitter datatrove uses.
+``semantics: datatrove`` (default) decides as datatrove's ``C4QualityFilter``: lines are
+``str.splitlines()``, each stripped; a line's word count (and the 1,000-character word rule)
+is over its whitespace words before citations are removed; citations are removed without
+re-stripping; terminal punctuation is ``. ? ! " '`` and a line ending in ``...`` is dropped;
+sentences are counted per kept line as spaCy's rule-based sentencizer splits that line's
+tokens (a sentence ends at a token among spaCy's sentence marks followed, after any
+punctuation tokens, by a non-punctuation token; at least one per line).
+
+``semantics: paper``: sentences are counted per surviving line as runs of ``.!?`` followed
+by whitespace or the line end, lines split on ``\n``, ``…`` counts as an ellipsis, the
+terminal punctuation is ``. ? ! "``.
 """
 
 from __future__ import annotations
@@ -23,20 +32,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.filters.badwords import badwords_pattern, load_badwords
-from pipeline.filters.base import Filter, FilterConfig, FilterResult, Rule, decide
+from pipeline.filters.base import FilterResult, LanguageAwareFilter, Rule, decide
+from pipeline.filters.languages import LanguageAwareConfig
 from pipeline.filters.text import Pieces, TextBatch, regex_class
+from pipeline.filters.wordtok import tokenize
 
 POLICY_SUBSTRINGS = ["terms of use", "privacy policy", "cookie policy", "uses cookies",
                      "use of cookies", "use cookies"]
 CITATION_RE = r"\[\d*\]|\[edit\]|\[citation needed\]"
 
 
-class C4Config(FilterConfig):
+class C4Config(LanguageAwareConfig):
     type: Literal["c4"] = "c4"
     max_word_length: int | None = 1000
     remove_citations: bool = True
     filter_no_terminal_punct: bool = True
-    terminal_punct: str = '.?!"'
+    terminal_punct: str | None = None           # None: datatrove's . ? ! " ' (paper: . ? ! ")
     min_words_per_line: int | None = 3
     filter_javascript: bool = True
     filter_policy: bool = True
@@ -47,7 +58,7 @@ class C4Config(FilterConfig):
     badwords_word_boundaries: bool = True
 
 
-class C4Filter(Filter):
+class C4Filter(LanguageAwareFilter):
     config_cls = C4Config
     columns = {c: pa.float64() for c in ("lines_dropped", "chars_dropped", "n_sentences",
                                          "lorem_ipsum", "curly_bracket", "badwords")}
@@ -59,8 +70,9 @@ class C4Filter(Filter):
 
     def apply(self, batch: TextBatch) -> FilterResult:
         c = self.cfg
+        datatrove = c.semantics == "datatrove"
         n = batch.n
-        lines = batch.lines
+        lines = batch.py_lines if datatrove else batch.lines
         nl = len(lines.parent)
         text = pc.utf8_trim_whitespace(lines.values)
         ok = np.ones(nl, dtype=bool)
@@ -72,12 +84,17 @@ class C4Filter(Filter):
             np.maximum.at(maxlen, lw.parent, lw.length)
             ok &= maxlen <= c.max_word_length
         if c.remove_citations:
-            text = pc.utf8_trim_whitespace(pc.replace_substring_regex(text, CITATION_RE, ""))
+            text = pc.replace_substring_regex(text, CITATION_RE, "")
+            if not datatrove:
+                text = pc.utf8_trim_whitespace(text)
         if c.filter_no_terminal_punct:
-            rtext = pc.utf8_rtrim_whitespace(text)
-            ends = np.asarray(pc.match_substring_regex(rtext, regex_class(c.terminal_punct) + "$"), bool)
-            ell = np.asarray(pc.or_(pc.ends_with(rtext, "..."), pc.ends_with(rtext, "…")), bool)
-            ok &= ends & ~ell
+            punct = c.terminal_punct or (".?!\"'" if datatrove else '.?!"')
+            rtext = text if datatrove else pc.utf8_rtrim_whitespace(text)
+            ends = np.asarray(pc.match_substring_regex(rtext, regex_class(punct) + "$"), bool)
+            ell = pc.ends_with(rtext, "...")
+            if not datatrove:
+                ell = pc.or_(ell, pc.ends_with(rtext, "…"))
+            ok &= ends & ~np.asarray(ell, bool)
         if c.min_words_per_line is not None:
             ok &= lw.count >= c.min_words_per_line
         lower = pc.utf8_lower(text)
@@ -98,8 +115,14 @@ class C4Filter(Filter):
         joined = pc.binary_join(pa.LargeListArray.from_arrays(pa.array(offsets), kept), "\n")
         new_text = pc.utf8_trim_whitespace(joined).cast(pa.string())
 
-        sentences = np.maximum(np.asarray(pc.count_substring_regex(kept, r"[.!?]+(?:\s|$)"),
-                                          dtype=np.int64), 1)
+        if datatrove:
+            langs = batch.langs if c.language is None else None
+            line_langs = None if langs is None else [langs[i] or "en" for i in kept_parent.tolist()]
+            sentences = sentence_counts(kept, line_langs if line_langs else
+                                        ([c.language] * len(kept) if c.language else None))
+        else:
+            sentences = np.maximum(np.asarray(pc.count_substring_regex(kept, r"[.!?]+(?:\s|$)"),
+                                              dtype=np.int64), 1)
         n_sent = np.bincount(kept_parent, weights=sentences, minlength=n)
         new_chars = np.asarray(pc.utf8_length(new_text), dtype=np.float64)
         scores = {
@@ -111,15 +134,35 @@ class C4Filter(Filter):
             "badwords": (np.asarray(pc.count_substring_regex(pc.utf8_lower(new_text), self.badwords),
                                     dtype=np.float64) if self.badwords else np.zeros(n)),
         }
-        keep, detail = self.keep(scores)
+        keep, detail = self.keep_grouped(scores, self.groups(batch))
         return FilterResult(keep=keep, detail=detail, scores=scores, new_text=new_text)
 
-    def keep(self, s):
+    def keep(self, s, cfg=None):
+        c = cfg or self.cfg
         n = len(s["n_sentences"])
         rules = [Rule("lorem_ipsum", s["lorem_ipsum"], s["lorem_ipsum"] > 0, "==", 0),
                  Rule("curly_bracket", s["curly_bracket"], s["curly_bracket"] > 0, "==", 0)]
-        if self.cfg.min_sentences is not None:
+        if c.min_sentences is not None:
             rules.append(Rule("n_sentences", s["n_sentences"],
-                              s["n_sentences"] < self.cfg.min_sentences, ">=", self.cfg.min_sentences))
+                              s["n_sentences"] < c.min_sentences, ">=", c.min_sentences))
         rules.append(Rule("badwords", s["badwords"], s["badwords"] > 0, "==", 0))
         return decide(rules, n)
+
+
+def sentence_counts(lines: pa.Array, langs: list[str] | None = None) -> np.ndarray:
+    """Sentences per line as datatrove counts them (``split_into_sentences``: spaCy's
+    ``sentencizer`` over the line's tokens). spaCy starts a sentence at a token that is
+    neither punctuation nor a sentence mark when a sentence mark was seen since the last
+    start, so the count is 1 + the number of non-punctuation tokens whose nearest preceding
+    token that is not plain punctuation (``is_punct`` but no sentence mark) is a sentence mark."""
+    tok = tokenize(lines, langs)
+    n = len(lines)
+    if len(tok.ids) == 0:
+        return np.ones(n, dtype=np.int64)
+    mark = tok.attr("sent_punct") == 1
+    other = (tok.attr("punct") == 0) & ~mark       # a token that can start a sentence
+    keyed = mark | other                           # tokens that set or reset the state
+    idx = np.flatnonzero(keyed)
+    same = tok.parent[idx[1:]] == tok.parent[idx[:-1]]
+    starts = other[idx[1:]] & mark[idx[:-1]] & same
+    return 1 + np.bincount(tok.parent[idx[1:]][starts], minlength=n)

@@ -123,6 +123,11 @@ class FilterChain:
                 full = f.column_name(col)
                 if full in scores:
                     scores[full][active] = np.asarray(vals, dtype=scores[full].dtype)
+            if "lang" in res.scores and "lang" in scores:
+                # later filters see the language langid wrote (per-language tokenizers, thresholds)
+                col = pa.array(scores["lang"].tolist(), pa.string())
+                others = (others.set_column(others.schema.get_field_index("lang"), "lang", col)
+                          if "lang" in others.column_names else others.append_column("lang", col))
             removed = ~res.keep
             reason[active[removed]] = f.name
             detail[active[removed]] = res.detail[removed]

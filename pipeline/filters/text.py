@@ -31,6 +31,9 @@ NOSPACE_CHAR = f"[{NOSPACE_SCRIPTS}]"
 # Characters stripped from the ends of a token before measuring it / matching stop words.
 PUNCT_CHARS = string.punctuation + "“”‘’«»…—–¿¡。、，！？；：「」『』（）《》【】・"
 
+# Python's str.splitlines() boundaries.
+PY_LINE_BREAK = "\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]"
+
 # Terminal punctuation (FineWeb / datatrove END_PUNCTUATION, abridged).
 TERMINAL_PUNCT = ".!?\"'。！？…։؟۔।॥။።"
 
@@ -151,6 +154,7 @@ class NGrams:
             rep = count > 1
             if n in ns:
                 start = np.flatnonzero(inside)
+                self.hash = h[start]           # the windows' n-gram hashes, for callers that need identity
                 yield n, start, count[start]
 
 
@@ -169,6 +173,62 @@ def top_ngram_chars(words: Pieces, start: np.ndarray, count: np.ndarray, n: int)
     length = csum[start + n] - csum[start] + (n - 1)
     np.maximum.at(out, words.parent[start], (count << 32) + length)
     return ((out >> 32) * (out & 0xFFFFFFFF)).astype(np.float64)
+
+
+def top_ngram_chars_first(words, start: np.ndarray, count: np.ndarray, n: int) -> np.ndarray:
+    """datatrove's ``find_top_duplicate``: per document, characters of the most frequent
+    n-gram (words joined by spaces) × its count, ties to the n-gram seen first, and a
+    count of 1 counts too (every document with >= n words has a top n-gram); NaN for
+    documents with fewer than n words (the rule is skipped)."""
+    out = np.full(words.n_docs, np.nan)
+    if len(start) == 0:
+        return out
+    parent = words.parent[start]
+    order = np.lexsort((start, -count, parent))
+    docs, first = np.unique(parent[order], return_index=True)
+    best = order[first]
+    csum = np.concatenate([[0], np.cumsum(words.length)])
+    length = csum[start[best] + n] - csum[start[best]] + (n - 1)
+    out[docs] = length * count[best]
+    return out
+
+
+def greedy_duplicate_ngram_chars(words, start: np.ndarray, count: np.ndarray, hashes: np.ndarray,
+                                 n: int) -> np.ndarray:
+    """datatrove's ``find_all_duplicate``: scan each document's n-grams left to right; an
+    n-gram seen before adds its characters (words concatenated) and skips ``n`` words, an
+    unseen one is remembered. Documents without any repeated n-gram get 0 without a scan;
+    the others are scanned from their first repeat (everything before it is unseen)."""
+    out = np.zeros(words.n_docs)
+    rep = count > 1
+    if not rep.any():
+        return out
+    csum = np.concatenate([[0], np.cumsum(words.length)])
+    parent = words.parent[start]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(parent, minlength=words.n_docs))])
+    for d in np.unique(parent[rep]).tolist():
+        a, b = bounds[d], bounds[d + 1]
+        hs = hashes[a:b].tolist()
+        st = start[a:b]
+        seen_pos = {}
+        first_rep = None
+        for i, h in enumerate(hs):             # the first window whose n-gram occurred before
+            if h in seen_pos:
+                first_rep = i
+                break
+            seen_pos[h] = i
+        unique = set(hs[:first_rep])
+        chars, i, m = 0, first_rep, len(hs)
+        while i < m:
+            h = hs[i]
+            if h in unique:
+                chars += int(csum[st[i] + n] - csum[st[i]])
+                i += n
+            else:
+                unique.add(h)
+                i += 1
+        out[d] = chars
+    return out
 
 
 def duplicate_ngram_chars(words: Pieces, start: np.ndarray, count: np.ndarray, n: int) -> np.ndarray:
@@ -218,6 +278,41 @@ class TextBatch:
         words = Pieces(pc.utf8_split_whitespace(text), self.n)
         nonempty = words.length > 0          # "" from empty docs / leading whitespace
         return words if nonempty.all() else words.select(nonempty)
+
+    @cached_property
+    def langs(self) -> list[str] | None:
+        """Per-document language code from the ``lang`` column (langid's output or the
+        input's own), None where absent."""
+        col = self.column("lang")
+        return None if col is None else col.to_pylist()
+
+    def tokens(self, language: str | None = None):
+        """Words as datatrove's ``split_into_words`` makes them (``wordtok``): in
+        ``language``, or per document from the ``lang`` column (English where unknown)."""
+        key = language or "auto"
+        cache = self.__dict__.setdefault("_tokens", {})
+        if key not in cache:
+            from pipeline.filters.wordtok import tokenize
+            if language is not None:
+                langs = [language] * self.n
+            else:
+                langs = None if self.langs is None else [lang or "en" for lang in self.langs]
+            cache[key] = tokenize(self.text, langs)
+        return cache[key]
+
+    @cached_property
+    def py_lines(self) -> Pieces:
+        """Lines as Python's ``str.splitlines()`` makes them (what datatrove's Gopher quality
+        and C4 filters use): every line-boundary character, no trailing empty line."""
+        lists = pc.split_pattern_regex(self.text, PY_LINE_BREAK)
+        ends = np.asarray(pc.match_substring_regex(self.text, f"(?:{PY_LINE_BREAK})$"), dtype=bool)
+        pieces = Pieces(lists, self.n)
+        if not ends.any():
+            return pieces
+        last = np.cumsum(pieces.count) - 1
+        drop = np.zeros(len(pieces.parent), dtype=bool)
+        drop[last[ends]] = True
+        return pieces.select(~drop)
 
     @cached_property
     def lines(self) -> Pieces:

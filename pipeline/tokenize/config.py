@@ -72,6 +72,9 @@ class TokenizeConfig(Model):
     max_doc_tokens: int | None = Field(
         None, ge=16, description="documents longer than this (EOS included) are stored as "
                                  "several sequences of at most this many tokens")
+    upsample_column: str | None = Field(
+        None, description="repeat each document this column's value times (dedup's "
+                          "`sampling_weight`: FineWeb-2 rehydration by cluster size); 0 drops it")
     segment_chars: int = Field(
         1_000_000, ge=1000,
         description="texts longer than this are encoded in pieces cut at a newline or space, "

@@ -201,7 +201,7 @@ class Encoder:
     """
 
     def __init__(self, tokenizer_dir: str, val_fraction: float, max_doc_tokens: int | None,
-                 segment_chars: int, threads: int) -> None:
+                 segment_chars: int, threads: int, upsample_column: str | None = None) -> None:
         # The Rust thread pool does the parallel work inside one process; its size is
         # read once, on first use, from RAYON_RS_NUM_THREADS.
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
@@ -213,12 +213,17 @@ class Encoder:
         self.val_fraction = val_fraction
         self.max_doc_tokens = max_doc_tokens
         self.segment_chars = segment_chars
+        self.upsample_column = upsample_column
         self.byte_table = token_byte_lengths(tok) if max_doc_tokens else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = batch.column("id").to_pylist()
         texts = batch.column("text").to_pylist()
         sources = batch.column("source").to_pylist()
+        # FineWeb-2 rehydration: a document is written `weight` times (dedup's sampling_weight)
+        weights = (batch.column(self.upsample_column).fill_null(1).to_pylist()
+                   if self.upsample_column and self.upsample_column in batch.column_names
+                   else [1] * len(ids))
         keep = [i for i, (t, s) in enumerate(zip(texts, sources)) if t and t.strip() and s]
         # encode: long texts in pieces, all pieces of the batch in one call
         pieces, owner = [], []
@@ -232,12 +237,15 @@ class Encoder:
             per_doc.setdefault(i, []).append(e.ids)
 
         out_src, out_split, out_status, out_chunk, out_bytes, lengths, flat = [], [], [], [], [], [], []
+        out_copy = []
         for i, (doc_id, text, source) in enumerate(zip(ids, texts, sources)):
-            if i not in per_doc:
+            if i not in per_doc or weights[i] < 1:
                 out_src.append(source or "")
                 out_split.append("")
-                out_status.append("no_source" if (text and text.strip()) else "empty")
+                out_status.append("zero_weight" if i in per_doc else
+                                  "no_source" if (text and text.strip()) else "empty")
                 out_chunk.append(0)
+                out_copy.append(0)
                 out_bytes.append(0)
                 lengths.append(0)
                 continue
@@ -252,14 +260,18 @@ class Encoder:
             else:
                 chunks = self._chunks(np.fromiter(chain.from_iterable(parts), dtype=np.int64,
                                                   count=n_tok), n_bytes)
-            flat.append(doc)
-            for c, (n, b) in enumerate(chunks):
-                out_src.append(source)
-                out_split.append(split)
-                out_status.append("ok")
-                out_chunk.append(c)
-                out_bytes.append(b)
-                lengths.append(n)
+            if weights[i] > 1:
+                doc = list(doc)
+            for copy in range(weights[i]):
+                flat.append(doc)
+                for c, (n, b) in enumerate(chunks):
+                    out_src.append(source)
+                    out_split.append(split)
+                    out_status.append("ok")
+                    out_chunk.append(c)
+                    out_copy.append(copy)
+                    out_bytes.append(b)
+                    lengths.append(n)
         n_total = int(sum(lengths))
         values = np.fromiter(chain.from_iterable(flat), dtype=self.dtype, count=n_total)
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -270,6 +282,7 @@ class Encoder:
             "split": pa.array(out_split, pa.string()),
             "status": pa.array(out_status, pa.string()),
             "chunk": pa.array(out_chunk, pa.int32()),
+            "copy": pa.array(out_copy, pa.int32()),
             "tokens": tokens,
             "text_bytes": pa.array(out_bytes, pa.int64()),
         })
@@ -302,7 +315,10 @@ class RowGroupEncoder(Encoder):
 
         outs = []
         for path, rg in zip(items["path"], items["row_group"]):
-            table = pq.ParquetFile(str(path)).read_row_group(int(rg), columns=["id", "text", "source"])
+            pf = pq.ParquetFile(str(path))
+            cols = ["id", "text", "source"] + ([self.upsample_column] if self.upsample_column
+                                               in pf.schema_arrow.names else [])
+            table = pf.read_row_group(int(rg), columns=cols)
             for start in range(0, table.num_rows, self.batch_size):
                 outs.append(Encoder.__call__(self, table.slice(start, self.batch_size)))
         return pa.concat_tables(outs) if outs else Encoder.__call__(self, pa.table(
@@ -352,7 +368,8 @@ def run_tokenize(cfg: TokenizeConfig, docs_dir: Path, tokenizer_dir: Path,
                                        tokenizer_dir=str(tokenizer_dir),
                                        val_fraction=cfg.val_fraction,
                                        max_doc_tokens=cfg.max_doc_tokens,
-                                       segment_chars=cfg.segment_chars, threads=threads))
+                                       segment_chars=cfg.segment_chars, threads=threads,
+                                       upsample_column=cfg.upsample_column))
         for batch in (ds.iter_batches(batch_size=None, batch_format="pyarrow") if items else []):
             t_batch = time.perf_counter()
             first_batch_s = first_batch_s or t_batch - t0
@@ -364,16 +381,18 @@ def run_tokenize(cfg: TokenizeConfig, docs_dir: Path, tokenizer_dir: Path,
             values = col.values.to_numpy(zero_copy_only=False)
             rows = zip(batch.column("source").to_pylist(), batch.column("split").to_pylist(),
                        batch.column("status").to_pylist(), batch.column("chunk").to_pylist(),
-                       batch.column("text_bytes").to_pylist())
+                       batch.column("text_bytes").to_pylist(), batch.column("copy").to_pylist())
             done = 0
-            for r, (source, split, status, chunk, n_bytes) in enumerate(rows):
+            for r, (source, split, status, chunk, n_bytes, copy) in enumerate(rows):
                 if status != "ok":
-                    counts["docs_" + status] += 1
+                    counts["docs_" + status] = counts.get("docs_" + status, 0) + 1
                     done += 1
                     continue
-                if chunk == 0:
+                if chunk == 0 and copy:
+                    counts["docs_upsampled_copies"] = counts.get("docs_upsampled_copies", 0) + 1
+                elif chunk == 0:
                     done += 1
-                elif chunk == 1:
+                elif chunk == 1 and not copy:
                     counts["docs_chunked"] += 1
                 name = renamed.get(source) or renamed.setdefault(source, _SAFE_NAME.sub("_", source))
                 key = (name, split)
