@@ -34,11 +34,11 @@ RunFn = Callable[[StageContext, dict[str, Artifact]], dict]
 STAGE_VERSIONS: dict[str, str] = {
     "crawl": "1",
     "ingest": "2",        # 2: WARC ids from URL + content; WARC metadata columns
-    "models": "1",        # the fastText classifiers the filters train
-    "filter": "1",
-    "dedup": "1",
-    "tokenizer": "1",
-    "tokenize": "1",
+    "models": "2",        # 2: label mapping, labelled reference files
+    "filter": "2",        # 2: datatrove semantics, per-language thresholds
+    "dedup": "2",         # 2: bands from the threshold, verification, rehydration weights
+    "tokenizer": "2",     # 2: init-model tokenizers, extension
+    "tokenize": "2",      # 2: upsampling by sampling weight
     "train": "2",         # pretrain and every continual phase (2: phase seeds, replay, chained schedules, init)
     "evaluate": "2",      # 2: acc_norm without the delimiter, bpb across tokenizers, tasks
 }
