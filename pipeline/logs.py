@@ -126,9 +126,10 @@ def quiet_library_handlers() -> None:
         if not name.startswith(LIBRARY_LOGGERS):
             continue
         logger = logging.getLogger(name)
+        # a library's own console handler: any stream handler that is not a file (its
+        # stream may be whatever sys.stderr was when the library was imported)
         streams = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
-                   and not isinstance(h, logging.FileHandler)
-                   and getattr(h, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)]
+                   and not isinstance(h, logging.FileHandler)]
         for h in streams:
             logger.removeHandler(h)
         if streams:

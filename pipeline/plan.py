@@ -181,7 +181,7 @@ def build_plan(spec: PipelineSpec, now: datetime | None = None) -> list[Node]:
     if tok_cfg.path and not Path(tok_cfg.path).is_dir():
         raise SpecError(f"tokenize.tokenizer.path: directory not found: {tok_cfg.path}")
     tokenize_cfg, tok_config = spec.tokenize, {"tokenizer": tok_cfg.identity_dict()}
-    if spec.train.init is not None:
+    if spec.train is not None and spec.train.init is not None:
         # continuing a pretrained model: its own tokenizer, unless the spec names one
         from pipeline.train.stage import init_facts
 

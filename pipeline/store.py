@@ -399,11 +399,14 @@ class PendingArtifact:
         final = self.store.final_dir(self.stage, self.name, self.identity)
         if (final / MANIFEST).is_file():
             # Committed by a writer that did not hold the lock (an older forgeflow, or a
-            # copy): a committed artifact is never deleted; ours is dropped instead.
-            shutil.rmtree(self.partial)
-            self.release()
-            log.warning("%s: already committed; keeping it and dropping this run's copy", final)
-            return self.store.lookup(self.stage, self.name, self.identity)
+            # copy): a committed artifact is never deleted; ours is dropped instead. One
+            # that fails verification is moved aside by lookup, and ours takes its place.
+            existing = self.store.lookup(self.stage, self.name, self.identity)
+            if existing is not None:
+                shutil.rmtree(self.partial)
+                self.release()
+                log.warning("%s: already committed; keeping it and dropping this run's copy", final)
+                return existing
         if final.exists():               # an incomplete leftover (no manifest) — replace it
             shutil.rmtree(final)
         os.rename(self.partial, final)

@@ -167,10 +167,10 @@ def test_a_filter_that_raises_only_loses_the_bad_document(monkeypatch):
     from pipeline.filters.gopher_quality import GopherQualityFilter
     orig = GopherQualityFilter.score
 
-    def flaky(self, batch):
+    def flaky(self, batch, *args, **kwargs):
         if any("POISON" in t for t in batch.text.to_pylist()):
             raise RuntimeError("boom")
-        return orig(self, batch)
+        return orig(self, batch, *args, **kwargs)
 
     monkeypatch.setattr(GopherQualityFilter, "score", flaky)
     cfg = FiltersConfig(steps=[{"type": "gopher_quality", "min_stop_words": 0, "min_words": 1}])

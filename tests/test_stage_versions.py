@@ -303,7 +303,8 @@ def test_a_version_bump_changes_the_identity():
     from pipeline.runner import plan_identities
     from pipeline.spec import validate_spec
     import pipeline.plan as plan_mod
-    spec = validate_spec({"sources": [{"name": "a", "type": "crawl", "crawl": {"seeds": ["https://example.org/"]}}]})
+    spec = validate_spec({"sources": [{"name": "a", "type": "crawl", "crawl": {"seeds": ["https://example.org/"]}}],
+                          "train": {}, "evaluate": {}})      # both optional since data-only specs
     before = plan_identities(build_plan(spec))
     old = plan_mod.STAGE_VERSIONS["dedup"]
     plan_mod.STAGE_VERSIONS["dedup"] = old + ".test"

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from pipeline.store import Artifact, ArtifactStore, LockTimeout, compute_identity
+from pipeline.store import (Artifact, ArtifactStore, LockTimeout, compute_identity, file_digest,
+                            seal_manifest)
 
 
 def test_identity_depends_on_config_version_and_inputs_only():
@@ -105,7 +106,9 @@ def test_commit_never_deletes_a_committed_artifact(tmp_path):
     rogue_partial.mkdir()
     (rogue_partial / "x").write_text("rogue")
     rogue_partial.rename(rogue_final)
-    (rogue_final / "manifest.json").write_text(json.dumps({"identity": ident2, "stage": "s", "name": "n"}))
+    (rogue_final / "manifest.json").write_text(json.dumps(seal_manifest(
+        {"identity": ident2, "stage": "s", "name": "n",
+         "files": {"x": {"bytes": 5, "sha256": file_digest(rogue_final / "x")}}})))
     (p3.partial / "x").write_text("late")
     kept = p3.commit(config={}, inputs={}, metrics={})
     assert kept.path == str(rogue_final) and (rogue_final / "x").read_text() == "rogue"
