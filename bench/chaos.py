@@ -40,7 +40,8 @@ from tests.e2e_util import forgeflow, plan  # noqa: E402
 
 STAGE_ORDER = ["crawl", "ingest", "models", "filter", "dedup", "tokenizer", "tokenize", "train", "evaluate"]
 # wall-clock quantities differ run to run by nature; everything else must match bitwise
-CLOCK = re.compile(r"(seconds|_s$|per_s|per_sec|throughput|elapsed|time|mfu|_ms$|wall)", re.I)
+# readings of the machine, not of the data: clocks and memory
+CLOCK = re.compile(r"(seconds|_s$|per_s|per_sec|throughput|elapsed|time|mfu|_ms$|wall|peak_mem|_mb$|rss)", re.I)
 
 
 def moments(stages: list[str], kills: int, seed: int) -> list[tuple[str, float]]:

@@ -48,11 +48,16 @@ WORKER_ENV_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TR
                    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-def worker_env() -> dict[str, str]:
+def worker_env(remote: bool = True) -> dict[str, str]:
+    """The runtime_env variables of Ray workers. The tracking credentials are passed only to
+    a remote cluster (``remote``): a local Ray's workers inherit this process's environment,
+    and Ray's runtime-env agent writes every variable it is given into its log file in
+    plain text, where a secret must not end up."""
     repo_root = str(Path(__file__).resolve().parent.parent)
     pythonpath = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)
     env = {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}
-    env.update({k: os.environ[k] for k in WORKER_ENV_VARS if os.environ.get(k)})
+    if remote:
+        env.update({k: os.environ[k] for k in WORKER_ENV_VARS if os.environ.get(k)})
     return env
 
 
@@ -73,7 +78,7 @@ def _init_ray(ray, num_cpus: int | None, address: str | None) -> None:
     quiet_library_handlers()        # Ray's own console handler: its start-up lines to the log file
     address = ray_address(address)
     num_cpus = num_cpus or _RAY_SETTINGS["num_cpus"]
-    kwargs = dict(runtime_env={"env_vars": worker_env()}, ignore_reinit_error=True,
+    kwargs = dict(runtime_env={"env_vars": worker_env(remote=bool(address))}, ignore_reinit_error=True,
                   include_dashboard=False, log_to_driver=True,
                   logging_level="WARNING")
     if address:

@@ -51,8 +51,8 @@ class RunEnv:
                           artifact_root=workdir / "mlartifacts")
         params = {k: v for k, v in flatten(spec.model_dump(mode="json")).items()
                   if not k.startswith("run.tracking_uri")}
-        for name, weight in (spec.train.mixture if spec.train else {}).items():
-            params[f"mix.{name}"] = weight
+        for source, weight in (spec.train.mixture if spec.train else {}).items():
+            params[f"mix.{source}"] = weight
         tracker.close_orphans(workdir)
         parent = tracker.start_parent(name or run_name(spec.run.name), params,
                                       {"forgeflow.code_version": code_version(),

@@ -113,7 +113,9 @@ def test_run_filter_is_deterministic(ray_local, tmp_path, corpus):
         b = parquet_files(tmp_path / "o2", sub)
         assert [p.rsplit("/", 1)[1] for p in a] == [p.rsplit("/", 1)[1] for p in b]
         assert all(pq.read_table(x).equals(pq.read_table(y)) for x, y in zip(a, b))
-    assert len(parquet_files(tmp_path / "o1", "data")) == 3          # 12 kept rows, 5 per file
+    kept = parquet_files(tmp_path / "o1", "data")
+    n = sum(pq.read_table(f).num_rows for f in kept)
+    assert n > 5 and len(kept) == -(-n // 5)          # files roll at rows_per_file=5
 
 
 def test_keep_scores_false_keeps_only_canonical_columns(ray_local, tmp_path, corpus):

@@ -13,6 +13,9 @@ def test_workers_get_tracking_credentials_from_the_environment(monkeypatch):
     assert env["MLFLOW_TRACKING_URI"] == "https://mlflow.example:5000"
     assert "MLFLOW_TRACKING_TOKEN" not in env            # unset stays unset
     assert env["PYTHONPATH"].split(":")[0] == str(engine.Path(engine.__file__).resolve().parent.parent)
+    # a local Ray's workers inherit the environment: no secret in Ray's runtime-env log
+    local = engine.worker_env(remote=False)
+    assert "MLFLOW_TRACKING_PASSWORD" not in local and local["PYTHONPATH"] == env["PYTHONPATH"]
 
 
 def test_ray_address_from_the_environment_wins_over_the_spec(monkeypatch):
