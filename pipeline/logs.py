@@ -132,7 +132,9 @@ def quiet_library_handlers() -> None:
                    and not isinstance(h, logging.FileHandler)]
         for h in streams:
             logger.removeHandler(h)
-        if streams:
+        # no console handler of its own left (removed now, or by an earlier call before the
+        # library turned propagation off again, as Ray's logger setup does): through root
+        if streams or (not logger.handlers and not logger.propagate):
             logger.propagate = True
             if logger.level < logging.INFO:   # Ray Data logs DEBUG to its own file already
                 logger.setLevel(logging.INFO)
@@ -161,6 +163,9 @@ def route_ray_worker_output() -> None:
 
 _worker_log = logging.getLogger("forgeflow.worker")
 _ray_worker_log = logging.getLogger("ray.worker_output")
+# its own level: ray.init(logging_level="WARNING") sets the "ray" parent to WARNING, and
+# the worker lines are INFO (they go to the log file; the filter decides what the terminal shows)
+_ray_worker_log.setLevel(logging.INFO)
 
 
 # raylet messages worth a terminal line: a worker killed (out of memory) or lost
