@@ -236,21 +236,34 @@ def cmd_sweep(args) -> int:
     workdir = _workdir(args, plan.spec)
     workdir.mkdir(parents=True, exist_ok=True)
     prefect_env(workdir)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    from pipeline.logs import hidden_warnings, quiet_library_handlers, setup_run_logging
+    log_path = setup_run_logging(workdir, verbose=args.verbose, name="sweep")   # before Prefect
+    log = logging.getLogger("forgeflow")
     print(f"sweep {plan.name}: {len(plan.trials)} trial(s){' + 1 proposed' if plan.sweep.propose else ''}, "
-          f"{plan.max_parallel} at a time, varying {', '.join(plan.varied)}")
-    from flows.sweep import run_sweep
-    from pipeline.tracking import resolve_tracking_uri
-
+          f"{plan.max_parallel} at a time, varying {', '.join(plan.varied)}; log file {log_path}")
     t0 = time.time()
-    out = run_sweep(str(args.config), args.overrides, str(workdir))
+    try:
+        start_prefect_api()
+        from flows.sweep import run_sweep
+        quiet_library_handlers()       # Prefect's own console handlers, now that it is imported
+        out = run_sweep(str(args.config), args.overrides, str(workdir))
+    except SpecError as exc:
+        log.debug("sweep failed", exc_info=True)
+        print(f"\nerror: {exc}\n(full log: {log_path})", file=sys.stderr)
+        return 2
+    except Exception:
+        log.exception("sweep failed (full log: %s)", log_path)
+        return 1
     from mlflow.tracking import MlflowClient
+    from pipeline.tracking import resolve_tracking_uri
     client = MlflowClient(resolve_tracking_uri(plan.spec.run.tracking_uri, workdir))
     print()
     print(format_table(load_sweep(client, out["sweep_id"])))
+    hidden = hidden_warnings()
     print(f"\nforgeflow: sweep {plan.name} ({len(out['trials'])} trials) in {time.time() - t0:.0f}s; "
           f"best {out['best']}; sweep id {out['sweep_id']}"
-          f"\n  forgeflow compare {out['sweep_id']} --workdir {workdir} [--csv F] [--markdown F]")
+          f"\n  forgeflow compare {out['sweep_id']} --workdir {workdir} [--csv F] [--markdown F]"
+          f"\nlog: {log_path}" + (f" ({hidden} library warning(s) there)" if hidden else ""))
     return 0
 
 
@@ -482,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("sweep", help="run the spec's sweep: every trial a subflow, shared upstream")
     with_config(p)
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show library logs on the terminal too (they always go to <workdir>/logs/)")
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("compare", help="compare a sweep's trials, an experiment's runs or given runs")
     p.add_argument("targets", nargs="+", help="a sweep id (its MLflow run id), a sweep name, "

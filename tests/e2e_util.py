@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +31,36 @@ def forgeflow(*args: str, workdir: Path, timeout: int = 900, check: bool = True,
     if popen:
         return subprocess.Popen(cmd, cwd=REPO, env=cli_env(workdir), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    proc = subprocess.run(cmd, cwd=REPO, env=cli_env(workdir), capture_output=True, text=True,
-                          timeout=timeout)
+    # its own session, so a run that overstays is killed with everything it started (Ray,
+    # the embedded Prefect API) and its output and log file are shown, not just a timeout
+    child = subprocess.Popen(cmd, cwd=REPO, env=cli_env(workdir), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            out, err = child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:     # a grandchild in another session holds the pipe
+            out, err = "", ""
+        raise AssertionError(f"forgeflow {' '.join(args)} ran past {timeout}s and was killed:\n"
+                             f"{(out or '')[-4000:]}\n{(err or '')[-4000:]}\n{log_tail(workdir)}") from None
+    proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     if check and proc.returncode != 0:
         raise AssertionError(f"forgeflow {' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+                             f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}\n{log_tail(workdir, 3000)}")
     return proc
+
+
+def log_tail(workdir: Path, n: int = 6000) -> str:
+    """The end of the newest CLI log file under ``workdir/logs`` (what a hung run was doing)."""
+    logs = sorted((Path(workdir) / "logs").glob("*.log"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return f"(no log file under {workdir}/logs)"
+    return f"--- {logs[-1]} (end) ---\n" + logs[-1].read_text(errors="replace")[-n:]
 
 
 def plan(config: str, *overrides: str, workdir: Path) -> dict[str, str]:

@@ -171,7 +171,7 @@ HTTPX_LINE = re.compile(r"HTTP Request: (GET|POST|PATCH|PUT|DELETE) ")
 def test_cli_data_only_run_terminal_log_file_and_empty_stop(tmp_path):
     spec = _data_spec(tmp_path)
     wd = tmp_path / "wd"
-    proc = forgeflow("run", str(spec), "--workdir", str(wd), workdir=wd, timeout=1800)
+    proc = forgeflow("run", str(spec), "--workdir", str(wd), workdir=wd, timeout=1500)
     out = proc.stdout + proc.stderr
     lines = out.splitlines()
     # one start and one finish line per stage, the numbers on the finish line

@@ -48,7 +48,7 @@ def swept(tmp_path_factory):
         "dirichlet": {"sources": ["prose", "web", "code"], "n": 3, "seed": 1, "min_weight": MINS},
         "metric": {"bpb.pretrain.prose": 0.5, "bpb.pretrain.code": 0.5},
         "propose": True, "max_parallel": 2})
-    proc = forgeflow("sweep", str(spec), "--workdir", str(workdir), workdir=workdir, timeout=2700)
+    proc = forgeflow("sweep", str(spec), "--workdir", str(workdir), workdir=workdir, timeout=1500)
     sweep_id = proc.stdout.rsplit("sweep id ", 1)[1].split()[0]
     return workdir, sweep_id, proc.stdout
 
