@@ -83,6 +83,10 @@ def _init_ray(ray, num_cpus: int | None, address: str | None) -> None:
                   logging_level="WARNING")
     if address:
         ray.init(address=address, **kwargs)
+        res = ray.cluster_resources()
+        logging.getLogger("forgeflow").info(
+            "Ray: connected to the cluster at %s (%d node(s), %g CPU, %g GPU)", address,
+            sum(n["Alive"] for n in ray.nodes()), res.get("CPU", 0), res.get("GPU", 0))
     else:
         # Ray waits a fixed 30 s for its raylet to register; a loaded machine can miss
         # that once. The failed node's processes are reaped when this process exits.

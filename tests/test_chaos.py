@@ -50,7 +50,7 @@ def test_integrity_and_metric_comparison_catch_violations(tmp_path):
 
 
 @pytest.mark.slow
-def test_three_kills_then_identical_results(tmp_path):
+def test_kills_at_commit_and_mid_training_then_identical_results(tmp_path):
     chaos = _chaos()
     spec = write_tiny_spec(tmp_path / "spec", name="chaos")
     lines = []
@@ -58,9 +58,9 @@ def test_three_kills_then_identical_results(tmp_path):
     def log(msg):
         lines.append(msg)
         print(msg, flush=True)          # shown by pytest on a failure
-    report = chaos.chaos(str(spec), [], tmp_path / "chaos", tmp_path / "baseline", kills=3, seed=0,
+    report = chaos.chaos(str(spec), [], tmp_path / "chaos", tmp_path / "baseline", kills=2, seed=0,
                          timeout=1200, log=log,
-                         at=[("commit", 0.0), ("train", 0.5), ("evaluate", 0.0)])
+                         at=[("commit", 0.0), ("train", 0.5)])   # `make chaos`: 20 seeded moments
     assert report["violations"] == [], "\n".join(lines + report["violations"])
     assert report["killed"] >= 2, lines            # the moments really came (not finished first)
     whats = [k["what"] for k in report["kills"]]

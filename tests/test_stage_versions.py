@@ -142,11 +142,13 @@ def golden_ingest(tmp: Path):
 
 
 def golden_filter(tmp: Path):
+    # no langid step: its scores come from the model data inside the py3langid wheel, which
+    # differed between two installs of the same pinned version (97 vs 142 languages), and
+    # a dependency's model is not this stage's code; tests/test_filters_models.py covers it
     from pipeline.filters.chain import FilterChain
     from pipeline.filters.config import FiltersConfig
     cfg = FiltersConfig.model_validate({"steps": [
         {"type": "url_blocklist", "domains": ["casino.example"], "keywords": ["casino"]},
-        {"type": "langid", "keep_languages": ["en"], "min_score": 0.5},
         {"type": "gopher_repetition"}, {"type": "gopher_quality"}, {"type": "c4"}, {"type": "fineweb"}]})
     table = pa.table({"id": [f"d{i}" for i in range(len(TEXTS))], "text": TEXTS,
                       "source": ["s"] * len(TEXTS), "url": [f"http://e.org/{i}" for i in range(len(TEXTS))]})

@@ -642,6 +642,7 @@ def train_worker(spec: dict) -> dict | None:
 
     # -- the deliverable: a Hugging Face directory + the tokenizer beside it
     summary = None
+    nodes = _nodes(in_ray, world)                       # a gather on every rank
     full = full_model(raw, shard_root)                  # FSDP: a gather on every rank
     if rank == 0:
         mlf.close()
@@ -651,7 +652,7 @@ def train_worker(spec: dict) -> dict | None:
         summary = {"final_loss": last_loss, "tokens_seen": total_steps * tokens_per_step,
                    "tokens_per_s": trained / elapsed if elapsed > 0 else 0.0,
                    "steps": total_steps, "resumed_from_step": start_step,
-                   "world_size": world, "flops_per_token": fpt, "params": count_params(raw),
+                   "world_size": world, "nodes": len(set(nodes)), "flops_per_token": fpt, "params": count_params(raw),
                    "batch_size": batch_size, "grad_accum_steps": n_micro,
                    "skipped_steps": guard.skipped, "loss_spikes": guard.spikes,
                    "peak_mem_mb": peak_memory_mb(device),
@@ -664,6 +665,24 @@ def train_worker(spec: dict) -> dict | None:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     _barrier()
     return summary
+
+
+def _nodes(in_ray: bool, world: int) -> list[str]:
+    """The Ray node id of every rank (this host's name outside Ray), gathered to all ranks:
+    the summary's ``nodes`` says how many machines the training really ran on."""
+    if in_ray:
+        import ray
+
+        mine = ray.get_runtime_context().get_node_id()
+    else:
+        import socket
+
+        mine = socket.gethostname()
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        out: list = [None] * world
+        dist.all_gather_object(out, mine)
+        return [str(x) for x in out]
+    return [mine]
 
 
 def _blocks(model) -> list[torch.nn.Module]:
