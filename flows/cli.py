@@ -21,6 +21,7 @@ so validate/schema/inspect are fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -74,6 +75,31 @@ def start_prefect_api(attempts: int = 3) -> None:
             log.warning("embedded Prefect API did not start (attempt %d/%d): %s; retrying",
                         attempt, attempts, str(exc)[:300])
             time.sleep(2 * attempt)
+
+
+def _orchestrate(what: str, log_path: Path, target: str, *args, **kwargs):
+    """Start the embedded Prefect API, import ``target`` ("module:function", a flow or what
+    runs one: importing it imports Prefect), quiet the console handlers Prefect installed on
+    import, and call it with ``args``/``kwargs``. Returns (result, 0) or (None, exit code):
+    a spec error 2 and an empty stage output 1, each as one line naming the log file;
+    anything else 1, its traceback in the log."""
+    from pipeline.checks import EmptyOutputError
+    from pipeline.logs import quiet_library_handlers
+    from pipeline.spec import SpecError
+    log = logging.getLogger("forgeflow")
+    try:
+        start_prefect_api()
+        module, name = target.split(":")
+        fn = getattr(importlib.import_module(module), name)
+        quiet_library_handlers()       # Prefect's own console handlers, now that it is imported
+        return fn(*args, **kwargs), 0
+    except (SpecError, EmptyOutputError) as exc:
+        log.debug("%s failed", what, exc_info=True)
+        print(f"\nerror: {exc}\n(full log: {log_path})", file=sys.stderr)
+        return None, 2 if isinstance(exc, SpecError) else 1
+    except Exception:
+        log.exception("%s failed (full log: %s)", what, log_path)
+        return None, 1
 
 
 # Builds a migrated Prefect database with its block types registered (what the ephemeral
@@ -190,23 +216,11 @@ def cmd_run(args) -> int:
     log = logging.getLogger("forgeflow")
     log.info("forgeflow run %s: %d stage(s)%s; log file %s", args.config, len(plan),
              f" (--until {args.until})" if args.until else "", log_path)
-    from pipeline.checks import EmptyOutputError
-    from pipeline.logs import quiet_library_handlers
-
     t0 = time.time()
-    try:
-        start_prefect_api()
-        from flows.end_to_end import end_to_end
-        quiet_library_handlers()       # Prefect's own console handlers, now that it is imported
-        results = end_to_end(config=str(args.config), overrides=args.overrides,
-                             workdir=str(workdir), until=args.until)
-    except (SpecError, EmptyOutputError) as exc:
-        log.debug("run failed", exc_info=True)
-        print(f"\nerror: {exc}\n(full log: {log_path})", file=sys.stderr)
-        return 2 if isinstance(exc, SpecError) else 1
-    except Exception:
-        log.exception("run failed (full log: %s)", log_path)
-        return 1
+    results, rc = _orchestrate("run", log_path, "flows.end_to_end:end_to_end", config=str(args.config),
+                               overrides=args.overrides, workdir=str(workdir), until=args.until)
+    if rc:
+        return rc
     ran = sum(not r["cached"] for r in results.values())
     print(f"\nforgeflow: {len(results)} stages ({ran} ran, {len(results) - ran} cached) "
           f"in {time.time() - t0:.0f}s; workdir {workdir}")
@@ -236,24 +250,15 @@ def cmd_sweep(args) -> int:
     workdir = _workdir(args, plan.spec)
     workdir.mkdir(parents=True, exist_ok=True)
     prefect_env(workdir)
-    from pipeline.logs import hidden_warnings, quiet_library_handlers, setup_run_logging
+    from pipeline.logs import hidden_warnings, setup_run_logging
     log_path = setup_run_logging(workdir, verbose=args.verbose, name="sweep")   # before Prefect
-    log = logging.getLogger("forgeflow")
     print(f"sweep {plan.name}: {len(plan.trials)} trial(s){' + 1 proposed' if plan.sweep.propose else ''}, "
           f"{plan.max_parallel} at a time, varying {', '.join(plan.varied)}; log file {log_path}")
     t0 = time.time()
-    try:
-        start_prefect_api()
-        from flows.sweep import run_sweep
-        quiet_library_handlers()       # Prefect's own console handlers, now that it is imported
-        out = run_sweep(str(args.config), args.overrides, str(workdir))
-    except SpecError as exc:
-        log.debug("sweep failed", exc_info=True)
-        print(f"\nerror: {exc}\n(full log: {log_path})", file=sys.stderr)
-        return 2
-    except Exception:
-        log.exception("sweep failed (full log: %s)", log_path)
-        return 1
+    out, rc = _orchestrate("sweep", log_path, "flows.sweep:run_sweep", str(args.config),
+                           args.overrides, str(workdir))
+    if rc:
+        return rc
     from mlflow.tracking import MlflowClient
     from pipeline.tracking import resolve_tracking_uri
     client = MlflowClient(resolve_tracking_uri(plan.spec.run.tracking_uri, workdir))

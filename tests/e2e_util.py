@@ -31,9 +31,18 @@ def forgeflow(*args: str, workdir: Path, timeout: int = 900, check: bool = True,
     if popen:
         return subprocess.Popen(cmd, cwd=REPO, env=cli_env(workdir), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    # its own session, so a run that overstays is killed with everything it started (Ray,
-    # the embedded Prefect API) and its output and log file are shown, not just a timeout
-    child = subprocess.Popen(cmd, cwd=REPO, env=cli_env(workdir), stdout=subprocess.PIPE,
+    proc = run_cli(cmd, cli_env(workdir), timeout, logs=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"forgeflow {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}\n{log_tail(workdir, 3000)}")
+    return proc
+
+
+def run_cli(cmd: list[str], env: dict, timeout: float, logs: Path | None = None) -> subprocess.CompletedProcess:
+    """``cmd`` in its own session with captured output. A run that overstays ``timeout`` is
+    killed with everything it started (Ray, the embedded Prefect API) and fails with its
+    output and, from ``logs``, the end of its log file, not just a timeout."""
+    child = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = child.communicate(timeout=timeout)
@@ -46,13 +55,10 @@ def forgeflow(*args: str, workdir: Path, timeout: int = 900, check: bool = True,
             out, err = child.communicate(timeout=30)
         except subprocess.TimeoutExpired:     # a grandchild in another session holds the pipe
             out, err = "", ""
-        raise AssertionError(f"forgeflow {' '.join(args)} ran past {timeout}s and was killed:\n"
-                             f"{(out or '')[-4000:]}\n{(err or '')[-4000:]}\n{log_tail(workdir)}") from None
-    proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"forgeflow {' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}\n{log_tail(workdir, 3000)}")
-    return proc
+        raise AssertionError(f"{' '.join(cmd)} ran past {timeout}s and was killed:\n"
+                             f"{(out or '')[-4000:]}\n{(err or '')[-4000:]}"
+                             + (f"\n{log_tail(logs)}" if logs else "")) from None
+    return subprocess.CompletedProcess(cmd, child.returncode, out, err)
 
 
 def log_tail(workdir: Path, n: int = 6000) -> str:
