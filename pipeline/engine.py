@@ -24,13 +24,25 @@ DOC_SCHEMA = pa.schema([
     ("url", pa.string()),
 ])
 
-_RAY_SETTINGS: dict = {"num_cpus": None, "address": None}
+# Up to this many input documents a document stage runs in the driver process: starting a
+# local Ray and its first workers costs 20-60 s on a small machine, the work itself well
+# under a second (``run.in_process_max_docs``; 0 = always on Ray).
+IN_PROCESS_MAX_DOCS = 2000
+_RAY_SETTINGS: dict = {"num_cpus": None, "address": None, "in_process_max_docs": IN_PROCESS_MAX_DOCS}
 _RAY_INIT = threading.Lock()
 
 
-def configure_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+def configure_ray(num_cpus: int | None = None, address: str | None = None,
+                  in_process_max_docs: int = IN_PROCESS_MAX_DOCS) -> None:
     """Record how Ray should be started (called by the runner from the spec)."""
-    _RAY_SETTINGS.update(num_cpus=num_cpus, address=address)
+    _RAY_SETTINGS.update(num_cpus=num_cpus, address=address,
+                         in_process_max_docs=in_process_max_docs)
+
+
+def in_process(n_docs: int) -> bool:
+    """Whether a document stage over ``n_docs`` input documents runs in this process
+    instead of on Ray (the outputs are the same either way)."""
+    return n_docs <= _RAY_SETTINGS["in_process_max_docs"]
 
 
 def ray_address(address: str | None = None) -> str | None:
@@ -54,7 +66,8 @@ def worker_env(remote: bool = True) -> dict[str, str]:
     and Ray's runtime-env agent writes every variable it is given into its log file in
     plain text, where a secret must not end up."""
     repo_root = str(Path(__file__).resolve().parent.parent)
-    pythonpath = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH", "")) if p)
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != repo_root]
+    pythonpath = os.pathsep.join([repo_root, *rest])
     env = {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}
     if remote:
         env.update({k: os.environ[k] for k in WORKER_ENV_VARS if os.environ.get(k)})
@@ -78,9 +91,15 @@ def _init_ray(ray, num_cpus: int | None, address: str | None) -> None:
     quiet_library_handlers()        # Ray's own console handler: its start-up lines to the log file
     address = ray_address(address)
     num_cpus = num_cpus or _RAY_SETTINGS["num_cpus"]
-    kwargs = dict(runtime_env={"env_vars": worker_env(remote=bool(address))}, ignore_reinit_error=True,
-                  include_dashboard=False, log_to_driver=True,
+    kwargs = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
                   logging_level="WARNING")
+    if address:
+        kwargs["runtime_env"] = {"env_vars": worker_env(remote=True)}
+    else:
+        # A local Ray's workers inherit the environment its raylet was started with; a
+        # runtime_env would make Ray start a second set of workers for it (the ones it
+        # prestarts have none), which costs 10-20 s before the first task on 2 cores.
+        os.environ.update(worker_env(remote=False))
     if address:
         ray.init(address=address, **kwargs)
         res = ray.cluster_resources()

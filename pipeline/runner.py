@@ -59,7 +59,7 @@ class RunEnv:
                                        "forgeflow.workdir": str(workdir), **process_tags(),
                                        **(tags or {})},
                                       parent_id=parent_run_id)
-        configure_ray(spec.run.num_cpus, spec.run.ray_address)
+        configure_ray(spec.run.num_cpus, spec.run.ray_address, spec.run.in_process_max_docs)
         log.info("MLflow tracking %s, parent run %s", redact(uri), parent)
         return cls(spec, workdir, store, tracker, parent, spec.run.mlflow_ui_url)
 

@@ -46,13 +46,17 @@ class RunConfig(Model):
 
     _resource_fields = frozenset({"name", "workdir", "num_cpus", "ray_address",
                                   "experiment", "tracking_uri", "show_progress", "mlflow_ui_url",
-                                  "lock_timeout_s"})
+                                  "lock_timeout_s", "in_process_max_docs"})
 
     name: str = Field("forgeflow", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 1234
     workdir: str = "work"
     num_cpus: int | None = Field(None, ge=1, description="CPUs for the local Ray (default: all)")
     ray_address: str | None = Field(None, description="Ray cluster address; RAY_ADDRESS wins")
+    in_process_max_docs: int = Field(
+        2000, ge=0, description="document stages (filter, dedup, tokenize) with at most this "
+                                "many input documents run in this process without starting "
+                                "Ray (same outputs); 0 = always on Ray")
     experiment: str | None = Field(None, description="MLflow experiment (default: run.name)")
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; "

@@ -164,12 +164,26 @@ def _write(tmp_path, texts, ids=None, **cols):
     return tmp_path / "in"
 
 
-def _run(tmp_path, cfg, name="out", **kw):
-    from pipeline.dedup.stage import run_dedup
+def _run(tmp_path, cfg, name="out", on_ray=None, **kw):
+    """``on_ray`` True: every step on Ray; False: in this process (Ray must not be asked
+    for); None: as the input size decides (small inputs run in process)."""
+    from pipeline import engine
+    from pipeline.dedup import stage
     from pipeline.stage import StageContext
 
     ctx = StageContext.for_testing(tmp_path / name, show_progress=False, **kw)
-    metrics = run_dedup(cfg, tmp_path / "in", ctx)
+    saved, ensure = dict(engine._RAY_SETTINGS), stage.ensure_ray
+    if on_ray is not None:
+        engine._RAY_SETTINGS["in_process_max_docs"] = 0 if on_ray else 10**9
+    if on_ray is False:
+        def no_ray(*a, **k):
+            raise AssertionError("the in-process path asked for Ray")
+        stage.ensure_ray = no_ray
+    try:
+        metrics = stage.run_dedup(cfg, tmp_path / "in", ctx)
+    finally:
+        engine._RAY_SETTINGS.update(saved)
+        stage.ensure_ray = ensure
     kept = pq.read_table(tmp_path / name / "data").to_pylist()
     rej_dir = tmp_path / name / "rejected"
     rejected = pq.read_table(rej_dir).to_pylist() if rej_dir.exists() else []
@@ -216,15 +230,22 @@ def test_planted_duplicates_found(tmp_path, planted, ray_local):
 
 
 def test_outputs_independent_of_parallelism(tmp_path, planted, ray_local):
-    """Batch size, shuffle partitions and the number of CPUs change nothing but speed."""
+    """Batch size, shuffle partitions, the number of CPUs and where it runs (this process
+    or Ray) change nothing but speed."""
     _write(tmp_path, planted)
-    _, k1, r1, _ = _run(tmp_path, DedupConfig(batch_size=1024), "a", num_cpus=1)
-    _, k2, r2, _ = _run(tmp_path, DedupConfig(batch_size=3, rows_per_partition=1000), "b", num_cpus=2)
-    assert k1 == k2 and r1 == r2
-    # other work units (one output part per unit): same rows in the same order
-    _, k3, r3, _ = _run(tmp_path, DedupConfig(batch_size=5, unit_rows=7), "c")
-    assert k3 == k1 and r3 == r1
-    assert len(list((tmp_path / "c" / "data").glob("*.parquet"))) == 10
+    m1, k1, r1, c1 = _run(tmp_path, DedupConfig(batch_size=1024), "a", on_ray=False, num_cpus=1)
+    m2, k2, r2, c2 = _run(tmp_path, DedupConfig(batch_size=3, rows_per_partition=1000), "b",
+                          on_ray=True, num_cpus=2)
+    assert k1 == k2 and r1 == r2 and len(k1) == 60
+    timing = ("seconds", "docs_per_second")
+    assert ({k: v for k, v in m1.items() if not k.startswith(timing)}
+            == {k: v for k, v in m2.items() if not k.startswith(timing)})
+    assert c1.tables == c2.tables
+    # other work units (one output part per unit): same rows in the same order, both ways
+    for name, on_ray in (("c", True), ("d", False)):
+        _, k3, r3, _ = _run(tmp_path, DedupConfig(batch_size=5, unit_rows=7), name, on_ray=on_ray)
+        assert k3 == k1 and r3 == r1
+        assert len(list((tmp_path / name / "data").glob("*.parquet"))) == 10
 
 
 def test_chain_collapses_to_one_cluster(tmp_path, ray_local):

@@ -202,8 +202,9 @@ def test_config_surface():
 
 
 def test_small_inputs_run_in_process_with_the_ray_output(ray_local, tmp_path, corpus, monkeypatch):
-    """Up to IN_PROCESS_MAX_DOCS documents the chain runs in the driver (no Ray Data
+    """Up to run.in_process_max_docs documents the chain runs in the driver (no Ray Data
     workers to start); the kept and rejected files, metrics and tables equal the Ray path's."""
+    from pipeline import engine
     from pipeline.filters import stage as filter_stage
 
     dirs, _, _ = corpus
@@ -215,7 +216,7 @@ def test_small_inputs_run_in_process_with_the_ray_output(ray_local, tmp_path, co
     local = StageContext.for_testing(tmp_path / "local", num_cpus=2, show_progress=False)
     m_local = run_filter(cfg, dirs, {}, local)
     monkeypatch.undo()
-    monkeypatch.setattr(filter_stage, "IN_PROCESS_MAX_DOCS", 0)
+    monkeypatch.setitem(engine._RAY_SETTINGS, "in_process_max_docs", 0)
     ray_ctx = StageContext.for_testing(tmp_path / "ray", num_cpus=2, show_progress=False)
     m_ray = run_filter(cfg, dirs, {}, ray_ctx)
     assert m_local == m_ray and m_local["docs_in"] == 18

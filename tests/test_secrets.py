@@ -163,7 +163,9 @@ def test_a_run_never_records_a_planted_secret(tmp_path, mlflow_server):
         "AWS_SECRET_ACCESS_KEY": f"{SECRET}-aws", "AWS_SESSION_TOKEN": f"{SECRET}-sts",
         "HF_TOKEN": f"{SECRET}-hf",
     })
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(spec), "--workdir", str(workdir)],
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(spec),
+                           "run.in_process_max_docs=0",      # every document stage on Ray
+                           "--workdir", str(workdir)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     # the run really went to the server (through the credentialed URI)

@@ -233,8 +233,13 @@ def test_reader_documents_bytes_and_windows(built):
     assert len(ShardSet(built["root"] / "nowhere")) == 0
 
 
-def test_split_is_stable_and_independent_of_resources(tmp_path, built):
-    """A second run with other batch size / encoders / seed gives byte-identical shards."""
+def test_split_is_stable_and_independent_of_resources(tmp_path, built, monkeypatch):
+    """A second run with other batch size / encoders / seed, on Ray's encoder actors
+    instead of in this process (the ~900-document corpus is small), gives
+    byte-identical shards."""
+    from pipeline import engine
+    assert engine.in_process(len(built["rows"]))
+    monkeypatch.setitem(engine._RAY_SETTINGS, "in_process_max_docs", 0)
     cfg = CFG.model_copy(update={"batch_size": 37, "encoders": 2, "threads_per_encoder": 1})
     run_tokenize(cfg, built["docs"], built["root"] / "tokenizer",
                  StageContext.for_testing(tmp_path / "again", seed=99))

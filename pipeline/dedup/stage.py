@@ -26,6 +26,10 @@ Data flow (every document-sized step runs on Ray workers, one *unit* of rows at 
              (``data/part-<unit>.parquet`` with ``cluster_id``/``cluster_size``) and removed
              (``rejected/part-<unit>.parquet`` with ``reason``/``detail``/``duplicate_of``).
 
+Up to ``run.in_process_max_docs`` input documents every step runs in the driver process
+instead (the same functions, one unit or partition after the other; same outputs): a
+local Ray and its first workers cost more than the work.
+
 Memory: see the README, Dedup section, "Where it runs and what grows with what".
 """
 
@@ -46,7 +50,7 @@ from pipeline.dedup.components import connected_components
 from pipeline.dedup.config import DedupConfig
 from pipeline.dedup.minhash import (band_keys, doc_features, doc_hashes, jaccard, p_candidate,
                                     signatures_from_hashes)
-from pipeline.engine import ROW_GROUP_ROWS, ensure_ray, parquet_files, write_table
+from pipeline.engine import ROW_GROUP_ROWS, ensure_ray, in_process, parquet_files, write_table
 from pipeline.stage import StageContext
 
 KIND_TEXT, KIND_URL, KIND_BAND = 0, 1, 2
@@ -238,33 +242,46 @@ def _edges_empty() -> dict:
     return {"u": np.empty(0, np.int64), "v": np.empty(0, np.int64), "kind": np.empty(0, np.int8)}
 
 
+def _as_batch(item: dict) -> dict:
+    """One item as the one-row numpy batch Ray Data's ``map_batches(batch_size=1)`` gives."""
+    return {k: np.array([v]) for k, v in item.items()}
+
+
 def candidate_edges(units: list[dict], cfg: DedupConfig, bands: int, rows: int, keep: str,
-                    num_cpus: int, ctx: StageContext, shuffle_dir: Path) -> dict:
-    """Steps 2-3 on Ray Data: map over units (key rows to partitioned files), then over
-    partitions (buckets to edges); returns the distinct edges, collected on the driver."""
-    ray = ensure_ray()
+                    num_cpus: int, ctx: StageContext, shuffle_dir: Path, ray=None) -> dict:
+    """Steps 2-3 on Ray Data (in this process when ``ray`` is None): map over units (key
+    rows to partitioned files), then over partitions (buckets to edges); returns the
+    distinct edges, collected on the driver."""
     n_docs = sum(u["stop"] - u["start"] for u in units)
     rows_per_doc = (bands if cfg.minhash else 0) + int(cfg.exact) + int(cfg.exact_url)
     num_parts = max(num_cpus, math.ceil(n_docs * rows_per_doc / cfg.rows_per_partition))
     shuffle_dir.mkdir(parents=True, exist_ok=True)
-    ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(_map_units, batch_size=1, batch_format="numpy",
-                        fn_kwargs=dict(cfg=cfg.model_dump(), bands=bands, rows=rows, keep=keep,
-                                       num_parts=num_parts, shuffle_dir=str(shuffle_dir)))
+    map_kw = dict(cfg=cfg.model_dump(), bands=bands, rows=rows, keep=keep,
+                  num_parts=num_parts, shuffle_dir=str(shuffle_dir))
+    if ray is None:
+        ds = (_map_units(_as_batch(u), **dict(map_kw)) for u in units)
+    else:
+        ds = ray.data.from_items(units, override_num_blocks=len(units))
+        ds = ds.map_batches(_map_units, batch_size=1, batch_format="numpy",
+                            fn_kwargs=map_kw).iter_batches(batch_format="numpy", batch_size=None)
     key_rows = 0
     prog = ctx.progress(total=n_docs, unit="docs", desc=f"{ctx.name}:keys")
     done = {u["unit"]: u["stop"] - u["start"] for u in units}
-    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+    for b in ds:
         key_rows += int(b["rows"].sum())
         prog.update(sum(done[int(u)] for u in b["unit"]))
     prog.close()
     unit_ids = [u["unit"] for u in units]
-    eds = ray.data.from_items([{"part": p} for p in range(num_parts)],
-                              override_num_blocks=num_parts)
-    eds = eds.map_batches(_reduce_parts, batch_size=1, batch_format="numpy",
-                          fn_kwargs=dict(shuffle_dir=str(shuffle_dir), units=unit_ids))
+    reduce_kw = dict(shuffle_dir=str(shuffle_dir), units=unit_ids)
+    if ray is None:
+        eds = (_reduce_parts(_as_batch({"part": p}), **reduce_kw) for p in range(num_parts))
+    else:
+        eds = ray.data.from_items([{"part": p} for p in range(num_parts)],
+                                  override_num_blocks=num_parts)
+        eds = eds.map_batches(_reduce_parts, batch_size=1, batch_format="numpy",
+                              fn_kwargs=reduce_kw).iter_batches(batch_format="numpy", batch_size=None)
     parts = {k: [] for k in ("u", "v", "kind")}
-    for b in eds.iter_batches(batch_format="numpy", batch_size=None):
+    for b in eds:
         for k in parts:
             parts[k].append(b[k])
     e = {k: (np.concatenate(v) if v else _edges_empty()[k]) for k, v in parts.items()}
@@ -317,21 +334,25 @@ def _unit_shingle_hashes(unit: dict, wanted: np.ndarray, cfg: dict) -> tuple[np.
                                                       cfg.shingle_hash)]
 
 
-def verify_edges(e: dict, units: list[dict], cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+def verify_edges(e: dict, units: list[dict], cfg: DedupConfig, ray=None) -> tuple[np.ndarray, np.ndarray]:
     """Exact shingle Jaccard of every near-duplicate candidate pair; returns (keep mask,
     jaccard). Shingle hashes of the docs in candidate pairs are computed by Ray tasks
-    per unit and held on the driver while the pairs are checked."""
-    ray = ensure_ray()
+    per unit (in this process when ``ray`` is None) and held on the driver while the
+    pairs are checked."""
     near = e["kind"] == KIND_BAND
     jac = np.ones(len(e["u"]), dtype=np.float64)
     if not near.any():
         return np.ones(len(e["u"]), dtype=bool), jac
     need = np.unique(np.concatenate([e["u"][near], e["v"][near]]))
     uid = _unit_of(need, units)
-    task = ray.remote(_unit_shingle_hashes)
-    refs = [task.remote(units[i], need[uid == i], cfg.model_dump()) for i in np.unique(uid)]
+    args = [(units[i], need[uid == i], cfg.model_dump()) for i in np.unique(uid)]
+    if ray is None:
+        got = [_unit_shingle_hashes(*a) for a in args]
+    else:
+        task = ray.remote(_unit_shingle_hashes)
+        got = ray.get([task.remote(*a) for a in args])
     hashes: dict[int, np.ndarray] = {}
-    for docs, hs in ray.get(refs):
+    for docs, hs in got:
         hashes.update(zip(docs.tolist(), hs))
     for i in np.flatnonzero(near):
         jac[i] = jaccard(hashes[int(e["u"][i])], hashes[int(e["v"][i])])
@@ -463,7 +484,10 @@ def write_unit(unit: dict, info: dict, out_dir: str, sample_docs: np.ndarray,
 
 
 def _bounded_map(ray, fn, args_list: list[tuple], max_in_flight: int):
-    """Run ray tasks with at most ``max_in_flight`` pending; results in input order."""
+    """Run ray tasks with at most ``max_in_flight`` pending; results in input order
+    (``ray`` None: one after the other in this process)."""
+    if ray is None:
+        return [fn(*args) for args in args_list]
     task = ray.remote(fn)
     refs, results = [], {}
     for i, args in enumerate(args_list):
@@ -487,10 +511,11 @@ def run_dedup(cfg: DedupConfig, docs_dir: Path, ctx: StageContext) -> dict:
     """Deduplicate ``<docs_dir>/data/*.parquet`` into ``ctx.out_dir/{data,rejected}``."""
     from pipeline.dedup.report import report
 
-    ray = ensure_ray(num_cpus=ctx.num_cpus)
     files = parquet_files(Path(docs_dir), "data")
     units = plan_units(files, cfg.unit_rows)
     n_docs = sum(u["stop"] - u["start"] for u in units)
+    # small inputs: every step in this process, no Ray to start (same outputs)
+    ray = None if in_process(n_docs) else ensure_ray(num_cpus=ctx.num_cpus)
     bands, rows = cfg.lsh_params()
     keep = cfg.keep
     if keep == "quality" and files:
@@ -507,7 +532,7 @@ def run_dedup(cfg: DedupConfig, docs_dir: Path, ctx: StageContext) -> dict:
     # 2-3: keys -> buckets -> edges (Ray Data)
     t0 = time.perf_counter()
     shuffle_dir = Path(ctx.out_dir) / "_shuffle"
-    e = (candidate_edges(units, cfg, bands, rows, keep, ctx.num_cpus, ctx, shuffle_dir)
+    e = (candidate_edges(units, cfg, bands, rows, keep, ctx.num_cpus, ctx, shuffle_dir, ray)
          if units and (cfg.exact or cfg.exact_url or cfg.minhash) else _edges_empty())
     t_lsh = time.perf_counter() - t0
     near = e["kind"] == KIND_BAND
@@ -516,7 +541,7 @@ def run_dedup(cfg: DedupConfig, docs_dir: Path, ctx: StageContext) -> dict:
     # 4: verification, clusters, keepers
     jac = None
     if cfg.verify_jaccard and candidate_pairs:
-        ok, jac = verify_edges(e, units, cfg)
+        ok, jac = verify_edges(e, units, cfg, ray)
         jac = jac[near]
         e = {k: v[ok] for k, v in e.items()}
     verified_pairs = int((e["kind"] == KIND_BAND).sum())

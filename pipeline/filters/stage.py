@@ -9,7 +9,7 @@
 * ``run_filter(cfg, docs_dirs, models, ctx)`` — streams every source's documents through
   the chain on Ray Data (``map_batches`` over the Parquet files, as tasks fused with the
   read; each worker process builds the chain and loads its models once), or in this
-  process when there are at most ``IN_PROCESS_MAX_DOCS`` documents, and writes kept rows to ``ctx.out_dir/data/`` and removed rows
+  process when there are at most ``run.in_process_max_docs`` documents, and writes kept rows to ``ctx.out_dir/data/`` and removed rows
   (``reason``, ``detail``) to ``ctx.out_dir/rejected/`` as ``part-NNNNN.parquet``, in
   input order (sources sorted by name, files sorted), so outputs are deterministic.
 """
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.engine import ensure_ray, parquet_files
+from pipeline.engine import ensure_ray, in_process, parquet_files
 from pipeline.filters.chain import CANONICAL, FilterChain
 from pipeline.filters.config import FiltersConfig
 from pipeline.filters.registry import FILTERS
@@ -162,13 +162,12 @@ class _RollingWriter:
 # Data would start worker processes that each import the filters and load every model
 # (seconds) to do a second or two of work. Rows are filtered independently, so the output
 # is the same either way (tests/test_filters_stage.py checks).
-IN_PROCESS_MAX_DOCS = 2000
 
 
 def _filtered_batches(files: list[str], columns: list[str], cfg: FiltersConfig,
                       models: dict[str, Path], chain: FilterChain, total: int):
     """The chain's output batches over ``files`` in input order."""
-    if total <= IN_PROCESS_MAX_DOCS:
+    if in_process(total):
         for f in files:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=cfg.batch_size, columns=columns):
                 yield chain.process(pa.Table.from_batches([batch]))

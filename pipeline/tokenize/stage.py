@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.engine import count_rows, ensure_ray, iter_batches, parquet_files
+from pipeline.engine import count_rows, ensure_ray, in_process, iter_batches, parquet_files
 from pipeline.stage import StageContext
 from pipeline.tokenize.config import TokenizeConfig
 from pipeline.tokenize.megatron import RollingShardWriter, token_dtype
@@ -354,23 +354,36 @@ def run_tokenize(cfg: TokenizeConfig, docs_dir: Path, tokenizer_dir: Path,
     n_tokens = 0
     first_batch_s = write_s = 0.0     # start-up latency; driver time spent writing shards
     if parquet_files(docs_dir):
-        ray = ensure_ray(ctx.num_cpus)
-        encoders, threads, share = _parallelism(ray, cfg)
         import pyarrow.parquet as pq
         items = [{"path": f, "row_group": rg} for f in parquet_files(docs_dir)
                  for rg in range(pq.ParquetFile(f).metadata.num_row_groups)]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        ds = ds.map_batches(
-            RowGroupEncoder, batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=encoders),
-            num_cpus=share,   # logical share; the actor runs `threads` Rust threads
-            fn_constructor_kwargs=dict(batch_size=cfg.batch_size,
-                                       tokenizer_dir=str(tokenizer_dir),
-                                       val_fraction=cfg.val_fraction,
-                                       max_doc_tokens=cfg.max_doc_tokens,
-                                       segment_chars=cfg.segment_chars, threads=threads,
-                                       upsample_column=cfg.upsample_column))
-        for batch in (ds.iter_batches(batch_size=None, batch_format="pyarrow") if items else []):
+        enc_kw = dict(batch_size=cfg.batch_size, tokenizer_dir=str(tokenizer_dir),
+                      val_fraction=cfg.val_fraction, max_doc_tokens=cfg.max_doc_tokens,
+                      segment_chars=cfg.segment_chars, upsample_column=cfg.upsample_column)
+        if in_process(n_docs):
+            # a small input: one encoder in this process, no Ray and no encoder actors to
+            # start; the same batches in the same order. The tokenizers threading variables
+            # the encoder sets for its own process stay this process's own.
+            saved = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_RS_NUM_THREADS")}
+            encoder = RowGroupEncoder(threads=1, **enc_kw)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            batches = (encoder({"path": [it["path"]], "row_group": [it["row_group"]]})
+                       for it in items)
+        else:
+            ray = ensure_ray(ctx.num_cpus)
+            encoders, threads, share = _parallelism(ray, cfg)
+            ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+            ds = ds.map_batches(
+                RowGroupEncoder, batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=encoders),
+                num_cpus=share,   # logical share; the actor runs `threads` Rust threads
+                fn_constructor_kwargs=dict(threads=threads, **enc_kw))
+            batches = ds.iter_batches(batch_size=None, batch_format="pyarrow") if items else []
+        for batch in batches:
             t_batch = time.perf_counter()
             first_batch_s = first_batch_s or t_batch - t0
             batch = batch.combine_chunks()
