@@ -38,7 +38,7 @@ dapt: quickstart
 	$(BIN)/forgeflow run configs/dapt.yaml train.init=$(abspath $(WORKDIR))/base-model --workdir $(WORKDIR)
 
 test: install
-	$(BIN)/python -m pytest -q --timeout=1800 tests
+	$(BIN)/python -m pytest -q --timeout=1800 --durations=30 tests
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -3,7 +3,9 @@
 ``ensure_ray`` starts a local Ray on demand (CPU count from the spec) or connects to a
 cluster address from ``RAY_ADDRESS`` or the spec (the environment wins). Document datasets are directories
 of Parquet files (``<artifact>/data/*.parquet``, rejected rows in
-``<artifact>/rejected/*.parquet``) read and written through Ray Data in batches.
+``<artifact>/rejected/*.parquet``) read and written through Ray Data in batches; a
+stage over at most ``run.in_process_max_docs`` documents runs in this process instead
+(``in_process``), with the same outputs.
 """
 
 from __future__ import annotations
