@@ -225,8 +225,10 @@ def cmd_run(args) -> int:
     print(f"\nforgeflow: {len(results)} stages ({ran} ran, {len(results) - ran} cached) "
           f"in {time.time() - t0:.0f}s; workdir {workdir}")
     hidden = hidden_warnings()
-    print(f"log: {log_path}" + (f" ({hidden} library warning(s) there)" if hidden else "")
-          + ("" if args.verbose else "; --verbose shows it all on the terminal"))
+    notes = ([f"{hidden} library warning(s) there"] if hidden else []) + \
+        ([] if args.verbose else ["--verbose shows it all on the terminal"])
+    # the path stands alone (space-separated), so it can be copied or matched as a word
+    print(f"log: {log_path}" + (f" ({'; '.join(notes)})" if notes else ""))
     ev = results.get("evaluate")
     if ev:
         manifest = json.loads((Path(ev["path"]) / "manifest.json").read_text())
