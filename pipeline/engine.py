@@ -96,19 +96,16 @@ def _init_ray(ray, num_cpus: int | None, address: str | None) -> None:
     kwargs = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
                   logging_level="WARNING")
     if address:
-        kwargs["runtime_env"] = {"env_vars": worker_env(remote=True)}
-    else:
-        # A local Ray's workers inherit the environment its raylet was started with; a
-        # runtime_env would make Ray start a second set of workers for it (the ones it
-        # prestarts have none), which costs 10-20 s before the first task on 2 cores.
-        os.environ.update(worker_env(remote=False))
-    if address:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address, runtime_env={"env_vars": worker_env(remote=True)}, **kwargs)
         res = ray.cluster_resources()
         logging.getLogger("forgeflow").info(
             "Ray: connected to the cluster at %s (%d node(s), %g CPU, %g GPU)", address,
             sum(n["Alive"] for n in ray.nodes()), res.get("CPU", 0), res.get("GPU", 0))
     else:
+        # A local Ray's workers inherit the environment its raylet was started with; a
+        # runtime_env would make Ray start a second set of workers for it (the ones it
+        # prestarts have none), which costs 10-20 s before the first task on 2 cores.
+        os.environ.update(worker_env(remote=False))
         # Ray waits a fixed 30 s for its raylet to register; a loaded machine can miss
         # that once. The failed node's processes are reaped when this process exits.
         for attempt in (1, 2):

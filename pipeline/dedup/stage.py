@@ -259,7 +259,7 @@ def candidate_edges(units: list[dict], cfg: DedupConfig, bands: int, rows: int, 
     map_kw = dict(cfg=cfg.model_dump(), bands=bands, rows=rows, keep=keep,
                   num_parts=num_parts, shuffle_dir=str(shuffle_dir))
     if ray is None:
-        ds = (_map_units(_as_batch(u), **dict(map_kw)) for u in units)
+        ds = (_map_units(_as_batch(u), **map_kw) for u in units)
     else:
         ds = ray.data.from_items(units, override_num_blocks=len(units))
         ds = ds.map_batches(_map_units, batch_size=1, batch_format="numpy",

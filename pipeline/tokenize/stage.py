@@ -201,11 +201,13 @@ class Encoder:
     """
 
     def __init__(self, tokenizer_dir: str, val_fraction: float, max_doc_tokens: int | None,
-                 segment_chars: int, threads: int, upsample_column: str | None = None) -> None:
+                 segment_chars: int, threads: int | None, upsample_column: str | None = None) -> None:
         # The Rust thread pool does the parallel work inside one process; its size is
-        # read once, on first use, from RAYON_RS_NUM_THREADS.
-        os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
-        os.environ["RAYON_RS_NUM_THREADS"] = str(threads)
+        # read once, on first use, from RAYON_RS_NUM_THREADS. ``threads=None`` (an encoder
+        # in the driver) leaves the process's own tokenizers settings alone.
+        if threads is not None:
+            os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
+            os.environ["RAYON_RS_NUM_THREADS"] = str(threads)
         tok, self.eos_id, vocab = load_tokenizer(Path(tokenizer_dir))
         tok.encode_special_tokens = True   # "<|endoftext|>" inside a text is text, not EOS
         self.tok = tok
@@ -362,15 +364,8 @@ def run_tokenize(cfg: TokenizeConfig, docs_dir: Path, tokenizer_dir: Path,
                       segment_chars=cfg.segment_chars, upsample_column=cfg.upsample_column)
         if in_process(n_docs):
             # a small input: one encoder in this process, no Ray and no encoder actors to
-            # start; the same batches in the same order. The tokenizers threading variables
-            # the encoder sets for its own process stay this process's own.
-            saved = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_RS_NUM_THREADS")}
-            encoder = RowGroupEncoder(threads=1, **enc_kw)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            # start; the same batches in the same order
+            encoder = RowGroupEncoder(threads=None, **enc_kw)
             batches = (encoder({"path": [it["path"]], "row_group": [it["row_group"]]})
                        for it in items)
         else:
