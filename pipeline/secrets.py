@@ -40,9 +40,13 @@ _MIN_ENV_SECRET = 4          # shorter values ("1", "true") would mask ordinary 
 def secret_env_values(environ: dict | None = None) -> list[str]:
     """Values of environment variables whose names mark them as secrets, longest first."""
     env = os.environ if environ is None else environ
-    values = {v for k, v in env.items()
-              if _SECRET_ENV.search(k) and v and len(v) >= _MIN_ENV_SECRET
-              and v.lower() not in ("true", "false", "none", "null")}
+    # keys first, then get(): another thread (MLflow's telemetry, Ray) may delete a variable
+    # while this runs, and iterating os.environ.items() then raises KeyError
+    values = set()
+    for k in list(env):
+        v = env.get(k) if _SECRET_ENV.search(k) else None
+        if v and len(v) >= _MIN_ENV_SECRET and v.lower() not in ("true", "false", "none", "null"):
+            values.add(v)
     return sorted(values, key=len, reverse=True)
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,30 @@ def test_redact_environment_values_anywhere():
     out = redact(text, environ=env)
     assert out == "login *** with ***, aws *** *** home /root alice"
     assert "1" not in secret_env_values(env)          # too short to mask safely
+
+
+class _VanishingEnv(Mapping):
+    """An environment one of whose variables is deleted (by another thread) between the
+    moment its keys are listed and the moment its value is read, as ``os.environ`` is."""
+
+    def __init__(self):
+        self.data = {"FF_TEST_TOKEN": "tok-1234567", "_MLFLOW_TELEMETRY_SESSION_ID": "x" * 8}
+
+    def __iter__(self):
+        keys = list(self.data)
+        self.data.pop("_MLFLOW_TELEMETRY_SESSION_ID", None)
+        return iter(keys)
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def __len__(self):
+        return len(self.data)
+
+
+def test_secret_env_values_survive_a_variable_deleted_meanwhile():
+    # a cached run died here with KeyError: '_MLFLOW_TELEMETRY_SESSION_ID'
+    assert secret_env_values(_VanishingEnv()) == ["tok-1234567"]
 
 
 def test_log_records_are_redacted_for_every_handler(caplog):
