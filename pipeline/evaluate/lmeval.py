@@ -74,7 +74,9 @@ def run_lm_eval(hf_dir: Path, task_cfg, out_dir: Path, batch_size: int = 8,
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    with tempfile.TemporaryDirectory(prefix="forgeflow-lmeval-") as cache:
+    from pipeline.train.model import MODEL_BUILD_LOCK
+    # lm-eval loads the model itself, inside the call: held for the whole evaluation
+    with MODEL_BUILD_LOCK, tempfile.TemporaryDirectory(prefix="forgeflow-lmeval-") as cache:
         os.environ["HF_DATASETS_CACHE"] = cache
         res = lm_eval.simple_evaluate(
             model="hf", model_args=f"pretrained={Path(hf_dir).resolve()},dtype=float32",

@@ -49,8 +49,10 @@ def _same_vocab(hf_dir: Path, tok_dir: Path) -> bool:
 def _load(hf_dir: Path, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
-                                                 attn_implementation="sdpa").to(device)
+    from pipeline.train.model import MODEL_BUILD_LOCK
+    with MODEL_BUILD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
+                                                     attn_implementation="sdpa").to(device)
     model.eval()
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     return model, tok

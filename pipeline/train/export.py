@@ -35,7 +35,9 @@ def log_hf_model(hf_dir: Path, tracking_uri: str, run_id: str, *,
             f"transformers=={transformers.__version__}", f"tokenizers=={tokenizers.__version__}"]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir))
+    from pipeline.train.model import MODEL_BUILD_LOCK
+    with MODEL_BUILD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     with _use_tracking_uri(tracking_uri):
         active = mlflow.active_run()

@@ -273,7 +273,8 @@ def full_model(raw_model, sharded):
                                                                   cpu_offload=True))
     if not full:
         return None
-    with torch.device("meta"):
+    from pipeline.train.model import MODEL_BUILD_LOCK
+    with MODEL_BUILD_LOCK, torch.device("meta"):
         copy = AutoModelForCausalLM.from_config(raw_model.config)
     copy.load_state_dict({k.removeprefix("lm."): v for k, v in full.items()}, assign=True)
     copy.tie_weights()

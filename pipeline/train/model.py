@@ -17,12 +17,20 @@ DDP / FSDP see one module whose forward returns the loss.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pipeline.train.config import ModelConfig
+
+# transformers builds and loads a model under process-wide switches (its meta-device and
+# no-weight-init contexts patch torch for every thread), so two threads building models at
+# once (continual branches or sweep trials training in-process side by side) corrupt each
+# other: meta tensors ("Cannot copy out of meta tensor") or weights never initialised.
+# Every model construction and load in forgeflow holds this lock.
+MODEL_BUILD_LOCK = threading.RLock()
 
 # Dense bf16 peak FLOP/s per GPU, for MFU (RESEARCH.md: H100 SXM ~989 TFLOPS).
 GPU_PEAK_FLOPS = {
@@ -69,11 +77,11 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int | None = No
     """A freshly initialised causal LM (seeded when ``seed`` is given)."""
     from transformers import AutoModelForCausalLM
 
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config(cfg, vocab_size, eos_token_id, attention),
-                                             attn_implementation=attention)
-    return model
+    with MODEL_BUILD_LOCK:
+        if seed is not None:
+            torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(hf_config(cfg, vocab_size, eos_token_id, attention),
+                                                attn_implementation=attention)
 
 
 def quiet_transformers() -> None:
@@ -88,8 +96,9 @@ def load_model(hf_dir, attention: str = "sdpa") -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
-    return AutoModelForCausalLM.from_pretrained(str(hf_dir), attn_implementation=attention,
-                                                dtype=torch.float32)
+    with MODEL_BUILD_LOCK:
+        return AutoModelForCausalLM.from_pretrained(str(hf_dir), attn_implementation=attention,
+                                                    dtype=torch.float32)
 
 
 # ---- starting from a pretrained model (train.init) --------------------------------------
@@ -201,8 +210,9 @@ def load_init_model(init: InitSource, attention: str = "sdpa") -> torch.nn.Modul
         return load_model(init.weights_dir, attention)
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(init_hf_config(init), attn_implementation=attention,
-                                             dtype=torch.float32)
+    with MODEL_BUILD_LOCK:
+        model = AutoModelForCausalLM.from_config(init_hf_config(init), attn_implementation=attention,
+                                                 dtype=torch.float32)
     state = torch.load(init.state_file, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
     return model
@@ -220,7 +230,8 @@ def extend_embeddings(model, extension: dict) -> int:
     if old < int(extension["base_vocab_size"]):
         raise ValueError(f"the model embeds {old} tokens, fewer than the base tokenizer's "
                          f"{extension['base_vocab_size']} that the extension starts from")
-    model.resize_token_embeddings(new_size, mean_resizing=False)
+    with MODEL_BUILD_LOCK:
+        model.resize_token_embeddings(new_size, mean_resizing=False)
     tables = [model.get_input_embeddings().weight]
     head = model.get_output_embeddings()
     if head is not None and head.weight is not tables[0]:
