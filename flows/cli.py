@@ -53,45 +53,144 @@ def prefect_env(workdir: Path) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def start_prefect_api(attempts: int = 3) -> None:
-    """Start the embedded Prefect API now (not lazily inside the flow call), retrying a
-    start-up that timed out: a loaded machine can miss even a generous timeout once.
-    No-op when PREFECT_API_URL names a running server."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-    log = logging.getLogger("forgeflow")
-    for attempt in range(1, attempts + 1):
-        server = SubprocessASGIServer()
-        try:
-            server.start()
-            log.debug("embedded Prefect API on %s", server.api_url)
-            return
-        except RuntimeError as exc:
-            server.stop()               # kills the process and forgets the instance
+PREFECT_UI_FALLBACK = "http://127.0.0.1:4200"     # where `forgeflow ui` serves the Prefect UI
+
+
+class EmbeddedPrefectAPI:
+    """Prefect's temporary API server for a run without PREFECT_API_URL, started by
+    forgeflow itself before Prefect is imported.
+
+    It is the server Prefect would start (uvicorn serving ``create_app`` in a subprocess,
+    as ``SubprocessASGIServer`` runs it, UI off). Prefect starts it lazily, on the flow's
+    first API call, after this process has imported the flow; and reaching that code
+    imports ``prefect.server`` here too (6.5 s on an idle 2-core machine, though a client
+    needs none of it). Spawned here, the server imports itself while this process imports
+    the flow, and Prefect finds it through ``PREFECT_API_URL``: an all-cached run pays
+    the server's start-up once instead of the two imports one after the other. The flow-run
+    links still point at ``forgeflow ui`` (``PREFECT_UI_URL``), not at this port."""
+
+    def __init__(self, log_path: Path | None = None):
+        import socket
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.log_path = log_path
+        self.env = dict(os.environ, PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1",
+                        PREFECT__SERVER_FINAL="1")
+        self.proc: subprocess.Popen | None = None
+        self._spawn()
+        os.environ["PREFECT_API_URL"] = self.api_url
+        os.environ.setdefault("PREFECT_UI_URL", PREFECT_UI_FALLBACK)
+        _refresh_prefect_settings()
+        # stopped at exit, after Ray's shutdown (registered later, so run first), as
+        # Prefect orders its own server: stopped before it, a run that had started Ray
+        # hung 60 s at exit until Ray gave up on its GCS
+        import atexit
+        atexit.register(self.stop)
+
+    @classmethod
+    def start(cls, log_path: Path | None = None) -> "EmbeddedPrefectAPI | None":
+        """Spawn the server (returns at once), or None where PREFECT_API_URL names one."""
+        return None if os.environ.get("PREFECT_API_URL") else cls(log_path)
+
+    def _spawn(self) -> None:
+        import importlib.util
+        app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
+        out = open(self.log_path, "a") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "error", "--lifespan", "on"],
+            env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if out is not subprocess.DEVNULL:
+            out.close()
+
+    def wait_ready(self, attempts: int = 3) -> None:
+        """Block until the server answers /health; a start that times out or dies (a loaded
+        machine can miss even a generous timeout once) is retried, then an error."""
+        import httpx
+        timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 300))
+        log = logging.getLogger("forgeflow")
+        for attempt in range(1, attempts + 1):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    if httpx.get(f"{self.api_url}/health", timeout=10).status_code == 200:
+                        log.debug("embedded Prefect API on %s", self.api_url)
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+            why = (f"exited with code {self.proc.returncode}" if self.proc.poll() is not None
+                   else f"did not answer in {timeout:.0f} s")
+            self.stop()
             if attempt == attempts:
-                raise
-            log.warning("embedded Prefect API did not start (attempt %d/%d): %s; retrying",
-                        attempt, attempts, str(exc)[:300])
+                raise RuntimeError(f"the embedded Prefect API on {self.api_url} {why} "
+                                   f"({attempts} attempts; its output is in {self.log_path})")
+            log.warning("embedded Prefect API %s (attempt %d/%d); retrying", why, attempt, attempts)
             time.sleep(2 * attempt)
+            self._spawn()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
-def _orchestrate(what: str, log_path: Path, target: str, *args, **kwargs):
-    """Start the embedded Prefect API, import ``target`` ("module:function", a flow or what
-    runs one: importing it imports Prefect), quiet the console handlers Prefect installed on
-    import, and call it with ``args``/``kwargs``. Returns (result, 0) or (None, exit code):
-    a spec error 2 and an empty stage output 1, each as one line naming the log file;
-    anything else 1, its traceback in the log."""
+def _refresh_prefect_settings() -> None:
+    """Prefect snapshots its settings from the environment when it is imported; where it
+    already is (a second command in one process), make it read the environment again."""
+    if "prefect.context" in sys.modules:
+        sys.modules["prefect.context"].refresh_global_settings_context()
+
+
+def _open_tracking_store(spec, workdir: Path) -> None:
+    """Open the run's local (SQLite) MLflow store in a thread, beside the Prefect API's
+    start-up (``pipeline.tracking.open_store``); errors are left to the run's own first
+    MLflow call, which reports them."""
+    import threading
+
+    def work():
+        try:
+            from pipeline.tracking import open_store, resolve_tracking_uri
+            uri = resolve_tracking_uri(spec.run.tracking_uri, workdir)
+            if uri.startswith("sqlite:///"):
+                open_store(uri)
+        except Exception:
+            logging.getLogger("forgeflow").debug("opening the MLflow store ahead failed",
+                                                 exc_info=True)
+    threading.Thread(target=work, name="forgeflow-mlflow-store", daemon=True).start()
+
+
+def _orchestrate(what: str, log_path: Path, target: str, *args, tracking_of=None, **kwargs):
+    """Spawn the embedded Prefect API, import ``target`` ("module:function", a flow or what
+    runs one: importing it imports Prefect) and open the MLflow store of ``tracking_of``
+    (spec, workdir) while the API starts, quiet the console handlers Prefect installed on
+    import, wait for the API and call ``target`` with ``args``/``kwargs``. Returns
+    (result, 0) or (None, exit code): a spec error 2 and an empty stage output 1, each as
+    one line naming the log file; anything else 1, its traceback in the log."""
     from pipeline.checks import EmptyOutputError
     from pipeline.logs import quiet_library_handlers
     from pipeline.spec import SpecError
     log = logging.getLogger("forgeflow")
+    api = None
     try:
-        start_prefect_api()
+        api = EmbeddedPrefectAPI.start(log_path)
+        if tracking_of is not None:
+            _open_tracking_store(*tracking_of)
         module, name = target.split(":")
         fn = getattr(importlib.import_module(module), name)
         quiet_library_handlers()       # Prefect's own console handlers, now that it is imported
+        if api is not None:
+            api.wait_ready()
         return fn(*args, **kwargs), 0
     except (SpecError, EmptyOutputError) as exc:
         log.debug("%s failed", what, exc_info=True)
@@ -218,7 +317,8 @@ def cmd_run(args) -> int:
              f" (--until {args.until})" if args.until else "", log_path)
     t0 = time.time()
     results, rc = _orchestrate("run", log_path, "flows.end_to_end:end_to_end", config=str(args.config),
-                               overrides=args.overrides, workdir=str(workdir), until=args.until)
+                               overrides=args.overrides, workdir=str(workdir), until=args.until,
+                               tracking_of=(spec, workdir))
     if rc:
         return rc
     ran = sum(not r["cached"] for r in results.values())
@@ -258,7 +358,7 @@ def cmd_sweep(args) -> int:
           f"{plan.max_parallel} at a time, varying {', '.join(plan.varied)}; log file {log_path}")
     t0 = time.time()
     out, rc = _orchestrate("sweep", log_path, "flows.sweep:run_sweep", str(args.config),
-                           args.overrides, str(workdir))
+                           args.overrides, str(workdir), tracking_of=(plan.spec, workdir))
     if rc:
         return rc
     from mlflow.tracking import MlflowClient

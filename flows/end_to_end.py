@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
+from flows.cli import PREFECT_UI_FALLBACK
 from pipeline.plan import Node, build_plan, prefix_until
 from pipeline.runner import Outcome, RunEnv, execute, node_identity, record_cached
 from pipeline.spec import load_spec
@@ -93,9 +94,6 @@ def stage_task(run_key: str, node_key: str, upstream: dict[str, Artifact]) -> Ar
     env.outcomes[node_key] = outcome
     publish(outcome, env)
     return outcome.artifact
-
-
-PREFECT_UI_FALLBACK = "http://127.0.0.1:4200"     # where `forgeflow ui` serves it
 
 
 def _flow_run_name() -> str:

@@ -71,6 +71,17 @@ def resolve_tracking_uri(spec_uri: str | None, workdir: Path) -> str:
     return uri
 
 
+def open_store(uri: str) -> None:
+    """Open the tracking store of ``uri`` now. MLflow keeps one store per URI for the
+    process, and opening a SQLite store checks its schema with Alembic (about 2 s on an
+    idle 2-core machine): the CLI does it in a thread while Prefect's API starts, so a run's
+    first MLflow call finds it open."""
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    with _sqlite_init_lock(uri):
+        _get_store(uri)
+
+
 def _clean_tags(tags: dict) -> dict[str, str]:
     return {k: redact(str(v)) for k, v in tags.items()}
 
