@@ -45,3 +45,36 @@ def test_models_built_and_loaded_in_parallel_threads_are_whole(tmp_path):
     for t in threads:
         t.join()
     assert not errors, errors[:5]
+
+
+# Six threads of a fresh interpreter import the training and evaluation stages at the same
+# moment (as continual branches and sweep trials do on their first stage), then use the
+# transformers classes. Without ``resolve_transformers`` about two runs in three failed here
+# with "cannot import name 'AutoConfig' from 'transformers'".
+RACE = r"""
+import importlib, threading
+errors = []
+barrier = threading.Barrier(6)
+def worker(i):
+    barrier.wait()
+    try:
+        importlib.import_module("pipeline.train.stage" if i % 2 else "pipeline.evaluate.stage")
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    except Exception as exc:
+        errors.append(repr(exc)[:200])
+threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("ERRORS", errors)
+"""
+
+
+def test_stage_modules_imported_by_threads_at_once_resolve_transformers():
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", RACE], cwd=repo, capture_output=True,
+                             text=True, timeout=300)
+        assert "ERRORS []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

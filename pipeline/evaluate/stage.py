@@ -34,6 +34,9 @@ from pipeline.evaluate.bpb import RetokenizedSet, bits_per_byte
 from pipeline.evaluate.config import EvaluateConfig
 from pipeline.evaluate.tasks import evaluate_items, load_task
 from pipeline.stage import StageContext
+from pipeline.train.model import resolve_transformers
+
+resolve_transformers()        # before any thread builds a model (see its docstring)
 
 log = logging.getLogger("forgeflow")
 

@@ -32,6 +32,18 @@ from pipeline.train.config import ModelConfig
 # Every model construction and load in forgeflow holds this lock.
 MODEL_BUILD_LOCK = threading.RLock()
 
+
+def resolve_transformers() -> None:
+    """Resolve, once and under the lock, the transformers classes forgeflow uses.
+
+    transformers imports its classes lazily on first use, and two threads resolving the same
+    one at once can be handed a half-initialised module ("cannot import name 'AutoConfig'
+    from 'transformers'", seen with four continual branches starting together). The stage
+    modules that train and evaluate call this when they are imported."""
+    with MODEL_BUILD_LOCK:
+        from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer,  # noqa: F401
+                                  GPT2Config, LlamaConfig, PreTrainedTokenizerFast)
+
 # Dense bf16 peak FLOP/s per GPU, for MFU (RESEARCH.md: H100 SXM ~989 TFLOPS).
 GPU_PEAK_FLOPS = {
     "H200": 989e12,

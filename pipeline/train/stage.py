@@ -28,7 +28,10 @@ from pathlib import Path
 from pipeline.stage import StageContext
 from pipeline.train.config import PhaseConfig, ScheduleConfig, TrainConfig
 from pipeline.train.loop import STATE_FILE, latest_checkpoint, ray_train_func, train_worker
+from pipeline.train.model import resolve_transformers
 from pipeline.train.schedules import chain, end_lr, lr_at, lr_curve, switch_step
+
+resolve_transformers()        # before any thread builds a model (see its docstring)
 
 LINEAGE = "lineage.json"
 
