@@ -111,14 +111,46 @@ class ScheduleConfig(Model):
         return min(int(round(self.warmup_fraction * total_steps)), total_steps)
 
 
+class GaLoreConfig(Model):
+    """GaLore (Zhao et al. 2024): the gradient of each 2-D weight of the decoder blocks is
+    projected onto its top-``rank`` singular subspace (recomputed every
+    ``update_proj_gap`` steps), AdamW keeps its moments in that subspace, and the update is
+    projected back and scaled by ``scale``. The paper's LLaMA settings: rank 128-512,
+    gap 200, scale 0.25."""
+
+    rank: int = Field(128, ge=1)
+    update_proj_gap: int = Field(200, ge=1)
+    scale: float = Field(0.25, gt=0)
+    proj_type: Literal["std", "reverse_std", "right", "left", "full"] = "std"
+
+
 class OptimizerConfig(Model):
     """AdamW as in GPT-3 / Llama: betas (0.9, 0.95), weight decay 0.1 on matrices only,
-    gradient clipping at global norm 1.0. The learning rate comes from the schedule."""
+    gradient clipping at global norm 1.0. The learning rate comes from the schedule.
 
+    ``kind`` picks the implementation: ``adamw`` (torch), ``adamw8bit`` (bitsandbytes'
+    block-wise 8-bit AdamW: the two moments in 8 bits, ~4x less optimizer memory) or
+    ``galore_adamw`` (galore-torch's GaLoreAdamW with ``galore``). The last two need the
+    optional packages (``pip install -c constraints.txt -e '.[optim]'``) and
+    ``parallelism: ddp``."""
+
+    kind: Literal["adamw", "adamw8bit", "galore_adamw"] = "adamw"
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    galore: GaLoreConfig = Field(default_factory=GaLoreConfig,
+                                 description="settings of kind: galore_adamw")
+
+    def identity_dict(self) -> dict:
+        """Plain AdamW's identity is what it was before ``kind`` existed (artifacts trained
+        with it stay cache hits); ``galore`` counts only for ``galore_adamw``."""
+        out = super().identity_dict()
+        if self.kind == "adamw":
+            del out["kind"]
+        if self.kind != "galore_adamw":
+            del out["galore"]
+        return out
 
 
 class InitConfig(Model):

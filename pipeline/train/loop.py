@@ -79,17 +79,48 @@ def _rank_world(in_ray: bool) -> tuple[int, int]:
 
 # ---- pieces of the loop -----------------------------------------------------------------
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
+                   sharded: bool = False):
     """AdamW with weight decay on matrices only (biases and norm gains are not decayed,
-    as in nanoGPT / GPT-3); the lr is set every step from the schedule."""
+    as in nanoGPT / GPT-3); the lr is set every step from the schedule.
+    ``optimizer.kind``: torch's AdamW, bitsandbytes' 8-bit AdamW, or GaLore-AdamW, which
+    projects the gradients of the blocks' 2-D weights (embeddings and LM head stay
+    full-rank, as in the GaLore paper)."""
+    opt = cfg.optimizer
     params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.optimizer.weight_decay},
+    if opt.kind != "adamw" and sharded:
+        raise ValueError(f"train.optimizer.kind={opt.kind} works on whole tensors, not on "
+                         "FSDP shards: use parallelism: ddp")
+    groups = [{"params": decay, "weight_decay": opt.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    common = dict(lr=0.0, betas=tuple(opt.betas), eps=opt.eps)
+    if opt.kind == "adamw8bit":
+        bnb = _optional_package("bitsandbytes", opt.kind)
+        return bnb.optim.AdamW8bit(groups, **common)
+    if opt.kind == "galore_adamw":
+        galore = _optional_package("galore_torch", opt.kind)
+        full_rank = {id(m.weight) for m in (model.get_input_embeddings(),
+                                            model.get_output_embeddings()) if m is not None}
+        low = [p for p in decay if id(p) not in full_rank]
+        g = opt.galore
+        groups = [{"params": [p for p in decay if id(p) in full_rank], "weight_decay": opt.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0},
+                  {"params": low, "weight_decay": opt.weight_decay, "rank": g.rank,
+                   "update_proj_gap": g.update_proj_gap, "scale": g.scale, "proj_type": g.proj_type}]
+        return galore.GaLoreAdamW([grp for grp in groups if grp["params"]], **common)
     kw = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.optimizer.betas),
-                             eps=cfg.optimizer.eps, **kw)
+    return torch.optim.AdamW(groups, **common, **kw)
+
+
+def _optional_package(module: str, kind: str):
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ValueError(f"train.optimizer.kind={kind} needs the {module.replace('_', '-')} package: "
+                         "pip install -c constraints.txt -e '.[optim]'") from exc
 
 
 def lm_loss(model, batch: torch.Tensor, autocast) -> torch.Tensor:
@@ -485,7 +516,7 @@ def train_worker(spec: dict) -> dict | None:
         for block in _blocks(raw):
             fully_shard(block, mp_policy=policy)
         shard_root = fully_shard(lossmod, mp_policy=policy)
-    optimizer = make_optimizer(raw, cfg, device)
+    optimizer = make_optimizer(raw, cfg, device, sharded=shard_root is not None)
     ckpt = latest_checkpoint(out_dir)
     start_step = 0
     if ckpt is not None:
