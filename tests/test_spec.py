@@ -167,6 +167,12 @@ def test_extends_deep_merges_and_shares_data_identities(tmp_path):
     a = plan_identities(build_plan(spec))
     b = plan_identities(build_plan(load_spec(QUICKSTART)))
     assert a["tokenize"] == b["tokenize"] and a["pretrain"] != b["pretrain"]
+    # a mixture is one value: the extending spec's replaces the base's, as an override does
+    # (configs/papers/base.yaml pretrains on prose; merged, the quickstart's code weight stayed)
+    papers = load_spec(REPO / "configs" / "papers" / "base.yaml")
+    assert papers.train.mixture == {"docs": 0.9, "web": 0.1}
+    assert papers.train.model == load_spec(QUICKSTART).train.model          # sections still merge
+    assert load_spec(REPO / "configs" / "dapt.yaml").train.mixture == {"code": 0.8, "docs": 0.2}
     loop = tmp_path / "a.yaml"
     loop.write_text("extends: a.yaml\n")
     with pytest.raises(SpecError, match="loops back"):

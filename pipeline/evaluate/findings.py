@@ -94,9 +94,12 @@ def report(spec, workdir: Path) -> dict:
                                 "same spec and overrides first")
     m = json.loads((ev / "manifest.json").read_text())["metrics"]
     parents = json.loads((ev / "bpb.json").read_text()).get("parents") or {}
-    old = sorted(spec.train.mixture)
-    new = sorted({s for p in spec.continual.phases for s in p.mixture} - set(old)
-                 | {s for p in spec.continual.phases if p.switch for s in p.switch.mixture} - set(old))
+    # old data: what pretraining drew from; new: what a phase adds (a weight of 0 is absent)
+    old = sorted(s for s, w in spec.train.mixture.items() if w > 0)
+    new = sorted({s for p in spec.continual.phases for s, w in p.mixture.items() if w > 0}
+                 | {s for p in spec.continual.phases if p.switch
+                    for s, w in p.switch.mixture.items() if w > 0})
+    new = [s for s in new if s not in old]
     sources = old + new
     rows = []
     for p in spec.continual.phases:
