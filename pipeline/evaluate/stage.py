@@ -270,6 +270,7 @@ def run_evaluate(cfg: EvaluateConfig, models: dict[str, Path], shards_dir: Path,
             ctx.note(f"- {name}: skipped {len(data.bad)} bad records, e.g. `{data.bad[0]}`")
 
     bpb: dict[str, dict[str, float]] = {}
+    no_val: set[str] = set()          # sources warned about (once, not once per model)
     bpb_rows, task_rows, details = [], [], {}
     progress = ctx.progress(total=len(models), unit="models", desc=f"{ctx.name} evaluate")
     for label, art in models.items():
@@ -290,6 +291,13 @@ def run_evaluate(cfg: EvaluateConfig, models: dict[str, Path], shards_dir: Path,
             for src in sorted(shards):
                 val = shards[src]["val"]
                 if len(val) == 0:
+                    if src not in no_val:
+                        no_val.add(src)
+                        msg = (f"source {src!r} has no validation documents, so no BPB for it: "
+                               "raise tokenize.val_fraction (the split is by a hash of the "
+                               "document id, so a small source can draw none)")
+                        log.warning("[%s] %s", ctx.name, msg)
+                        ctx.note(f"- {msg}")
                     continue
                 docs = val if same else RetokenizedSet(val, src_tok, tok, src_eos, eos_id)
                 r = bits_per_byte(model, docs, eos_id, seq_len, cfg.stride,
