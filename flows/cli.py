@@ -501,7 +501,11 @@ def cmd_ui(args) -> int:
     signal.signal(signal.SIGHUP, _terminate)
     exp = _mlflow_experiment_link(uri, f"http://127.0.0.1:{args.mlflow_port}")
     try:
-        procs.append(spawn(prefect, env=os.environ.copy()))
+        # the UI's pages call the API at PREFECT_UI_API_URL, which Prefect derives from its
+        # default port (4200), not from --port: on any other port the UI found no API
+        prefect_env_vars = dict(os.environ)
+        prefect_env_vars.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{args.prefect_port}/api")
+        procs.append(spawn(prefect, env=prefect_env_vars))
         procs.append(spawn(mlflow, env=mlflow_env))
         print(f"Prefect UI: http://127.0.0.1:{args.prefect_port}   (PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')})")
         print(f"MLflow UI:  http://127.0.0.1:{args.mlflow_port}   (store {redact(uri)})")
