@@ -286,7 +286,9 @@ def run_datatrove(texts: list[str], cfg: DedupConfig) -> tuple[float, set[int]]:
     from datatrove.utils.hashing import HashConfig
 
     bands, rows = cfg.lsh_params()
-    mc = MinhashConfig(hash_config=HashConfig(precision=64), num_buckets=bands,
+    # sha1, not datatrove's default xxhash: its xxhash64 passes str to xxhash, which 4.x
+    # refuses ("Strings must be encoded before hashing"); the pinned stack has xxhash 4.1.0
+    mc = MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="sha1"), num_buckets=bands,
                        hashes_per_bucket=rows, n_grams=cfg.ngram)
     root = WORK / "datatrove"
     shutil.rmtree(root, ignore_errors=True)
