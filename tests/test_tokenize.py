@@ -276,3 +276,34 @@ def test_no_documents_gives_empty_outputs(tmp_path, built):
                      StageContext.for_testing(tmp_path / "out"))
     assert m["tokens_total"] == 0 and json.loads((tmp_path / "out" / "stats.json").read_text()) == {}
     assert open_shards(tmp_path / "out") == {}
+
+
+class _Cluster:
+    """What ``_parallelism`` reads of a Ray cluster: its total CPUs and its nodes."""
+
+    def __init__(self, *node_cpus: float):
+        self.node_cpus = node_cpus
+
+    def cluster_resources(self):
+        return {"CPU": float(sum(self.node_cpus))}
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": {"CPU": c}} for c in self.node_cpus] + \
+            [{"Alive": False, "Resources": {"CPU": 64.0}}]          # a dead node counts for nothing
+
+
+def test_encoder_actors_fit_on_one_node():
+    from pipeline.tokenize.config import TokenizeConfig
+    from pipeline.tokenize.stage import _parallelism
+    cfg = TokenizeConfig()
+    assert _parallelism(_Cluster(2), cfg) == (1, 2, 2.0)            # the local 2-CPU Ray
+    assert _parallelism(_Cluster(16), cfg) == (8, 2, 2.0)
+    # two 1-CPU nodes: a 2-CPU encoder could never be placed (the stage hung); two 1-CPU ones
+    assert _parallelism(_Cluster(1, 1), cfg) == (2, 1, 1.0)
+    for nodes in [(1, 1), (1, 3), (3, 1), (4, 4, 4), (2,), (1, 1, 1, 1, 1), (2, 3), (8, 1)]:
+        encoders, threads, share = _parallelism(_Cluster(*nodes), cfg)
+        free = sorted(nodes, reverse=True)            # place the pool first-fit, as Ray must
+        for _ in range(encoders):
+            i = next((i for i, c in enumerate(free) if c >= share), None)
+            assert i is not None, f"{nodes}: {encoders} encoders x {share} CPU do not fit"
+            free[i] -= share

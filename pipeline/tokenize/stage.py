@@ -330,11 +330,16 @@ class RowGroupEncoder(Encoder):
 
 def _parallelism(ray, cfg: TokenizeConfig) -> tuple[int, int, float]:
     """(encoder actors, Rust threads each, logical CPUs each). The encoders read their
-    own row groups, so they may take every CPU."""
+    own row groups, so they may take every CPU. An encoder asks for at most the CPUs of the
+    smallest node, so every actor of the pool can be placed (on two 1-CPU nodes one 2-CPU
+    encoder never could: the stage waited forever)."""
     cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-    encoders = cfg.encoders or max(1, int(cpus) // 2)
+    nodes = [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    nodes = [c for c in nodes if c > 0] or [cpus]
+    unit = max(1, min(2, int(min(nodes))))          # CPUs per encoder: 2 where every node has 2
+    encoders = cfg.encoders or max(1, sum(int(c) // unit for c in nodes))
     threads = cfg.threads_per_encoder or max(1, int(cpus) // encoders)
-    share = min(float(threads), cpus / encoders)
+    share = min(float(threads), cpus / encoders, min(nodes))
     return encoders, threads, share
 
 

@@ -1,8 +1,4 @@
-"""WORK IN PROGRESS (issue 14), not collected by pytest (no ``test_`` prefix): on an idle
-2-core machine the cluster below starts, but the `forgeflow run` on it hung past 800 s;
-find where with --verbose, then rename this file to test_ray_cluster.py.
-
-A real two-node Ray cluster: a head and a second node as separate `ray start` processes on
+"""A real two-node Ray cluster: a head and a second node as separate `ray start` processes on
 127.0.0.1 (1 CPU each). `forgeflow run` connects through `run.ray_address`; the data stages
 run on the cluster (Ray Data) and a 2-worker training (Ray Train, DDP over Gloo) needs both
 nodes' CPUs, so its two ranks run on different nodes, which the training summary records."""
@@ -122,9 +118,11 @@ def test_pipeline_runs_on_a_two_node_cluster(tmp_path, monkeypatch):
     with ray_cluster(tmp_path / "ray") as (address, node_dirs, auth):
         for k, v in auth.items():          # the driver authenticates with the cluster's token
             monkeypatch.setenv(k, v)
-        proc = forgeflow("run", str(spec), f"run.ray_address={address}", "train.num_workers=2",
-                         "train.cpus_per_worker=1", "train.steps=3", "--workdir", str(workdir),
-                         workdir=workdir, timeout=1200)
+        # run.in_process_max_docs=0: the document stages go through Ray Data on the cluster
+        # too, not through the driver as a small input otherwise would
+        proc = forgeflow("run", str(spec), f"run.ray_address={address}", "run.in_process_max_docs=0",
+                         "train.num_workers=2", "train.cpus_per_worker=1", "train.steps=3",
+                         "--workdir", str(workdir), workdir=workdir, timeout=1200)
         # which session each node wrote: both nodes started workers for the run's job
         worker_logs = [sorted(d.glob("session_*/logs/worker-*.out")) for d in node_dirs]
     assert "stages (" in proc.stdout, proc.stdout[-3000:]
