@@ -70,19 +70,12 @@ class EmbeddedPrefectAPI:
     links still point at ``forgeflow ui`` (``PREFECT_UI_URL``), not at this port."""
 
     def __init__(self, log_path: Path | None = None):
-        import socket
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.log_path = log_path
         self.env = dict(os.environ, PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1",
                         PREFECT__SERVER_FINAL="1")
         self.proc: subprocess.Popen | None = None
-        self._spawn()
-        os.environ["PREFECT_API_URL"] = self.api_url
         os.environ.setdefault("PREFECT_UI_URL", PREFECT_UI_FALLBACK)
-        _refresh_prefect_settings()
+        self._spawn()
         # stopped at exit, after Ray's shutdown (registered later, so run first), as
         # Prefect orders its own server: stopped before it, a run that had started Ray
         # hung 60 s at exit until Ray gave up on its GCS
@@ -95,7 +88,15 @@ class EmbeddedPrefectAPI:
         return None if os.environ.get("PREFECT_API_URL") else cls(log_path)
 
     def _spawn(self) -> None:
+        """Start the server on a free port of 127.0.0.1 and point Prefect at it."""
         import importlib.util
+        import socket
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        os.environ["PREFECT_API_URL"] = self.api_url
+        _refresh_prefect_settings()
         app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
         out = open(self.log_path, "a") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -130,7 +131,7 @@ class EmbeddedPrefectAPI:
                                    f"({attempts} attempts; its output is in {self.log_path})")
             log.warning("embedded Prefect API %s (attempt %d/%d); retrying", why, attempt, attempts)
             time.sleep(2 * attempt)
-            self._spawn()
+            self._spawn()                 # on another free port (this one may have been taken)
 
     def stop(self) -> None:
         if self.proc is None:
