@@ -3,7 +3,9 @@
 One module-scoped workdir carries the story a user lives through:
 1. a cold run of configs/quickstart.yaml: every stage runs; the MLflow run tree and the
    Prefect flow run are read back through their clients;
-2. the same spec again: every stage is a cache hit (in Prefect and in MLflow);
+2. the same spec again: every stage is a cache hit (in Prefect and in MLflow), and that
+   all-cached run, in a fresh interpreter, imports no torch, Ray, transformers or
+   matplotlib (so it starts no Ray and no worker processes: issue 17's cached path);
 3. one filter threshold changed, the run killed in the middle of a stage and re-run:
    exactly the stages downstream of the filter ran, and the final identities are the
    ones the plan computes statically;
@@ -15,18 +17,31 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e_util import REPO, forgeflow, mlflow_runs, plan, prefect_runs
+from tests.e2e_util import REPO, cli_env, forgeflow, mlflow_runs, plan, prefect_runs
 
 pytestmark = pytest.mark.slow
 
 CONFIG = str(REPO / "configs" / "quickstart.yaml")
 DOWNSTREAM_OF_FILTER = {"filter", "dedup", "tokenizer", "tokenize", "pretrain", "continual.code", "evaluate"}
 TRAINING = {"pretrain", "continual.code", "evaluate"}
+HEAVY = ("torch", "ray", "transformers", "matplotlib", "tokenizers", "fasttext", "trafilatura")
+
+# The CLI in this interpreter, then the heavy top-level modules it left in sys.modules.
+CACHED_RUN = r"""
+import json, sys
+from flows.cli import main
+rc = main(sys.argv[1:])
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in %r)
+print("HEAVY=" + json.dumps(sorted({m.split(".")[0] for m in heavy})))
+sys.exit(rc)
+""" % (HEAVY,)
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +124,15 @@ def test_1_cold_run(workdir):
 
 def test_2_second_run_is_all_cache_hits(workdir):
     expected = plan(CONFIG, workdir=workdir)
-    proc = forgeflow("run", CONFIG, "--workdir", str(workdir), workdir=workdir)
+    # the new workdir's Prefect store started from the migrated template in the user cache
+    from pipeline.store import user_cache_dir
+    assert list((user_cache_dir() / "prefect").glob("*/prefect.db"))
+    proc = subprocess.run([sys.executable, "-c", CACHED_RUN, "run", CONFIG, "--workdir", str(workdir)],
+                          cwd=REPO, env=cli_env(workdir), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert f"{len(expected)} stages (0 ran, {len(expected)} cached)" in proc.stdout
+    heavy = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY="))[6:])
+    assert heavy == [], f"an all-cached run imported {heavy}"
     parent, kids = _children(workdir, 1)
     assert set(kids) == set(expected)
     first_parent, first_kids = _children(workdir, 0)
@@ -119,6 +141,9 @@ def test_2_second_run_is_all_cache_hits(workdir):
         assert run.data.tags["forgeflow.produced_by_run"] == first_kids[key].info.run_id
     fr = prefect_runs(workdir)[0]
     assert fr["state"] == "Completed" and set(fr["tasks"].values()) == {"Cached"}
+    assert len(fr["tasks"]) == len(kids)
+    assert {fr["task_ids"][i] for i in fr["upstream"]["dedup"]} == {"filter"}
+    assert any(a.endswith("-filter") for a in fr["artifacts"])
 
 
 def test_3_threshold_change_killed_and_resumed(workdir):
