@@ -13,7 +13,10 @@ commit and the Prefect/MLflow bookkeeping). The whole process group dies (Ray wo
 included). After every kill:
   - every artifact directory has a valid, sealed manifest and re-hashes clean
     (``ArtifactStore.verify(deep=True)``), and nothing was quarantined;
-then the run is started again. At the end one run goes through, and:
+then the run is started again. A run that goes through to the end before its moment comes
+(the stages it targets were already committed) completes that workdir; the moment is tried
+once more in a fresh workdir (a new "round"), so the kills keep landing in work that is
+really running. At the end the last round's run goes through, and, for every round:
   - the committed identities equal the ones ``forgeflow validate --json`` computes;
   - every metric of every stage equals an uninterrupted run's in a fresh workdir,
     bitwise, except wall-clock quantities (seconds, throughput).
@@ -27,6 +30,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import time
@@ -55,6 +59,9 @@ def _finals(workdir: Path) -> set[Path]:
     return {p.parent for p in workdir.glob(f"*/*/{MANIFEST}") if not p.parent.name.startswith(".")}
 
 
+FINISHED = "finished before the moment came"
+
+
 def _wait_and_kill(proc, workdir: Path, target: str, delay: float, timeout: float) -> str:
     """Kill ``proc``'s group at the moment described; return what happened."""
     t_start = time.time()
@@ -62,7 +69,7 @@ def _wait_and_kill(proc, workdir: Path, target: str, delay: float, timeout: floa
     start_finals = _finals(workdir)
     while time.time() < deadline:
         if proc.poll() is not None:
-            return "finished before the moment came"
+            return FINISHED
         if target == "commit":
             new = _finals(workdir) - start_finals
             if new:
@@ -74,7 +81,7 @@ def _wait_and_kill(proc, workdir: Path, target: str, delay: float, timeout: floa
         if partials:
             time.sleep(delay)
             if proc.poll() is not None:
-                return "finished before the moment came"
+                return FINISHED
             os.killpg(proc.pid, signal.SIGKILL)
             return f"killed {delay:.2f}s into {partials[0].relative_to(workdir)}"
         time.sleep(0.05)
@@ -136,23 +143,39 @@ def chaos(config: str, overrides: list[str], workdir: Path, baseline_dir: Path, 
     t0 = time.time()
     planned = at if at is not None else moments(stages, kills, seed)
     kills = len(planned)
+    rounds = [workdir]
     for i, (target, delay) in enumerate(planned):
-        proc = forgeflow("run", config, *overrides, "--workdir", str(workdir), workdir=workdir, popen=True)
-        what = _wait_and_kill(proc, workdir, target, delay, timeout)
-        proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-        bad = integrity(workdir)
-        report["kills"].append({"target": target, "what": what, "violations": bad})
-        report["violations"] += [f"after kill {i + 1}: {b}" for b in bad]
-        log(f"kill {i + 1:>2}/{kills} [{target:<9}] {what}; integrity: {'OK' if not bad else bad}")
+        for attempt in (1, 2):
+            wd = rounds[-1]
+            proc = forgeflow("run", config, *overrides, "--workdir", str(wd), workdir=wd, popen=True)
+            what = _wait_and_kill(proc, wd, target, delay, timeout)
+            proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+            bad = integrity(wd)
+            report["kills"].append({"target": target, "what": what, "violations": bad,
+                                    "round": len(rounds)})
+            report["violations"] += [f"after kill {i + 1} (round {len(rounds)}): {b}" for b in bad]
+            log(f"kill {i + 1:>2}/{kills} [{target:<9}] round {len(rounds)}: {what}; "
+                f"integrity: {'OK' if not bad else bad}")
+            if what != FINISHED or attempt == 2:
+                break
+            # the run went through to the end before its moment: this round's workdir is
+            # complete (checked below); the moment is tried once more in a fresh workdir
+            rounds.append(workdir.with_name(f"{workdir.name}-round{len(rounds) + 1}"))
+            shutil.rmtree(rounds[-1], ignore_errors=True)
     log("final run (no kill) ...")
-    forgeflow("run", config, *overrides, "--workdir", str(workdir), workdir=workdir, timeout=int(timeout))
-    report["violations"] += [f"final: {b}" for b in integrity(workdir)]
+    forgeflow("run", config, *overrides, "--workdir", str(rounds[-1]), workdir=rounds[-1],
+              timeout=int(timeout))
     log("uninterrupted run in a fresh workdir ...")
     forgeflow("run", config, *overrides, "--workdir", str(baseline_dir), workdir=baseline_dir, timeout=int(timeout))
-    diffs = compare_metrics(expected, final_state(workdir), final_state(baseline_dir))
-    report["violations"] += diffs
+    want = final_state(baseline_dir)
+    for n, wd in enumerate(rounds, 1):
+        report["violations"] += [f"round {n} final: {b}" for b in integrity(wd)]
+        report["violations"] += [f"round {n}: {d}" for d in
+                                 compare_metrics(plan(config, *overrides, workdir=wd),
+                                                 final_state(wd), want)]
+    report["rounds"] = len(rounds)
     report["seconds"] = round(time.time() - t0, 1)
     report["killed"] = sum(r["what"].startswith("killed") for r in report["kills"])
     report["stages_compared"] = len(expected)
@@ -173,8 +196,9 @@ def main(argv=None) -> int:
                    args.seed, timeout=args.timeout)
     print(json.dumps({k: v for k, v in report.items() if k != "kills"}, indent=1))
     ok = not report["violations"]
-    print(f"chaos: {report['killed']} SIGKILLs survived of {args.kills} planned, "
-          f"{report['stages_compared']} stages compared with an uninterrupted run: "
+    print(f"chaos: {report['killed']} SIGKILLs survived of {args.kills} planned, in "
+          f"{report['rounds']} fresh workdir(s); {report['stages_compared']} stages of each "
+          f"compared with an uninterrupted run: "
           f"{'OK' if ok else str(len(report['violations'])) + ' violation(s)'} ({report['seconds']}s)")
     return 0 if ok else 1
 
