@@ -34,7 +34,7 @@ from pipeline.evaluate.bpb import RetokenizedSet, bits_per_byte
 from pipeline.evaluate.config import EvaluateConfig
 from pipeline.evaluate.tasks import evaluate_items, load_task
 from pipeline.stage import StageContext
-from pipeline.train.model import resolve_transformers
+from pipeline.train.model import load_model, resolve_transformers
 
 resolve_transformers()        # before any thread builds a model (see its docstring)
 
@@ -50,12 +50,9 @@ def _same_vocab(hf_dir: Path, tok_dir: Path) -> bool:
 
 
 def _load(hf_dir: Path, device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from pipeline.train.model import MODEL_BUILD_LOCK
-    with MODEL_BUILD_LOCK:
-        model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
-                                                     attn_implementation="sdpa").to(device)
+    model = load_model(hf_dir, attention="sdpa").to(device)    # fp32, under the model lock
     model.eval()
     tok = AutoTokenizer.from_pretrained(str(hf_dir))
     return model, tok
