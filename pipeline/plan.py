@@ -33,7 +33,7 @@ RunFn = Callable[[StageContext, dict[str, Artifact]], dict]
 # fails when a stage's config schema or its golden output on a tiny input changes without a bump.
 STAGE_VERSIONS: dict[str, str] = {
     "crawl": "1",
-    "ingest": "2",        # 2: WARC ids from URL + content; WARC metadata columns
+    "ingest": "3",        # 2: WARC ids from URL + content; WARC metadata columns; 3: a crawl's documents in id order
     "models": "2",        # 2: label mapping, labelled reference files
     "filter": "2",        # 2: datatrove semantics, per-language thresholds
     "dedup": "2",         # 2: bands from the threshold, verification, rehydration weights
@@ -121,7 +121,9 @@ def build_plan(spec: PipelineSpec, now: datetime | None = None) -> list[Node]:
             kind = "warc" if src.type == "crawl" else src.type
             return run_ingest(src.name, kind, files, spec.extract, ctx,
                               text_field=src.text_field, id_field=src.id_field,
-                              url_field=src.url_field, text_unit=src.text_unit)
+                              url_field=src.url_field, text_unit=src.text_unit,
+                              # a crawl's fetch order is not reproducible; its documents are
+                              order="id" if src.type == "crawl" else "input")
 
         key = f"ingest.{src.name}"
         nodes.append(Node(

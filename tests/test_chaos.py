@@ -49,6 +49,17 @@ def test_integrity_and_metric_comparison_catch_violations(tmp_path):
     assert "SHA-256 differs" in chaos.integrity(tmp_path)[0]
 
 
+def test_only_clocks_and_crawl_bookkeeping_are_left_out():
+    chaos = _chaos()
+    keys = {"crawl.web": "a", "ingest.web": "b", "ingest.docs": "c", "dedup": "d"}
+    assert chaos.ignored("crawl.web", "resumed", keys) and chaos.ignored("crawl.web", "tcp_connects", keys)
+    assert not chaos.ignored("crawl.web", "pages_fetched", keys)
+    assert chaos.ignored("ingest.web", "bytes_in", keys)         # gzipped WARC of a crawl
+    assert not chaos.ignored("ingest.docs", "bytes_in", keys)    # a file the user gave
+    assert not chaos.ignored("ingest.web", "docs_out", keys)
+    assert chaos.ignored("dedup", "seconds", keys) and not chaos.ignored("dedup", "docs_out", keys)
+
+
 @pytest.mark.slow
 def test_kills_at_commit_and_mid_training_then_identical_results(tmp_path):
     chaos = _chaos()

@@ -15,6 +15,12 @@ Parquet. The driver gathers per-file counters in input order.
 
 Document id = xxh3-128 of ``source`` + the record's key: the WARC-Record-ID, the JSONL /
 Parquet id field, or file name + line / row / paragraph where there is none.
+
+``order="id"`` (what the plan asks for a crawl's WARC files) rewrites the output in a
+canonical order after the files are read: rows are hash-partitioned by id into
+``ceil(rows / batch_rows)`` parts and sorted by id within each part. A crawl fetches its
+pages concurrently, so which page lands in which WARC file, and where, differs between two
+crawls of the same site; in id order the documents, and every stage after them, do not.
 """
 
 from __future__ import annotations
@@ -193,6 +199,55 @@ def ingest_file(file_idx: int, path: str, label: str, kind: str, source: str,
             "seconds": time.perf_counter() - t0}
 
 
+def _bucket_of(ids: pa.Array, buckets: int) -> "np.ndarray":
+    import numpy as np
+    h = np.fromiter((xxhash.xxh3_64_intdigest(i.encode()) for i in ids.to_pylist()), dtype=np.uint64,
+                    count=len(ids))
+    return (h % np.uint64(buckets)).astype(np.int64)
+
+
+def canonical_order(part_dir: Path, schema: pa.Schema, batch_rows: int) -> int:
+    """Rewrite ``part_dir``'s ``part-*.parquet`` files in an order that depends only on the
+    set of rows: hash partitions of the ids, each sorted by (id, text). Two passes over the
+    data, one partition in memory at a time (about ``batch_rows`` rows). Returns the number
+    of parts written."""
+    import numpy as np
+    parts = sorted(part_dir.glob("part-*.parquet"))
+    if not parts:
+        return 0
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    buckets = max(1, -(-rows // batch_rows))
+    tmp = part_dir / ".order"
+    tmp.mkdir(exist_ok=True)
+    for j, p in enumerate(parts):          # pass 1: each part's rows to their partitions
+        table = pq.read_table(p, schema=schema)
+        if table.num_rows == 0:
+            continue
+        b = _bucket_of(table.column("id").combine_chunks(), buckets)
+        order = np.argsort(b, kind="stable")
+        sorted_b = b[order]
+        table = table.take(pa.array(order))
+        starts = np.flatnonzero(np.r_[True, sorted_b[1:] != sorted_b[:-1]])
+        ends = np.r_[starts[1:], len(sorted_b)]
+        for s, e in zip(starts, ends):
+            pq.write_table(table.slice(s, e - s), tmp / f"b{sorted_b[s]:05d}-{j:05d}.parquet")
+    for p in parts:
+        p.unlink()
+    written = 0
+    for k in range(buckets):               # pass 2: each partition sorted by id
+        pieces = sorted(tmp.glob(f"b{k:05d}-*.parquet"))
+        if not pieces:
+            continue
+        table = pa.concat_tables([pq.read_table(x, schema=schema) for x in pieces])
+        table = table.sort_by([("id", "ascending"), ("text", "ascending")])
+        pq.write_table(table, part_dir / f"part-{k:05d}-0000.parquet", compression="zstd")
+        written += 1
+        for x in pieces:
+            x.unlink()
+    tmp.rmdir()
+    return written
+
+
 def _failed_file(label: str, e: Exception) -> dict:
     """The result of a file whose Ray task failed outright: counted, named, the run
     goes on (parts the task wrote before failing stay)."""
@@ -225,11 +280,14 @@ def run_ingest(source: str, kind: Literal["warc", "jsonl", "parquet", "text"],
                files: list[Path], extract: ExtractConfig, ctx: StageContext, *,
                text_field: str = "text", id_field: str = "id", url_field: str = "url",
                text_unit: Literal["file", "paragraph", "line"] = "file",
+               order: Literal["input", "id"] = "input",
                use_ray: bool | None = None) -> dict:
     """Read ``files`` of one ``kind`` into a document dataset under ``ctx.out_dir``.
 
     ``use_ray=None`` runs one Ray task per file when there is more than one file, and
-    in-process otherwise (same code, same output). Returns flat numeric metrics.
+    in-process otherwise (same code, same output). ``order="id"`` rewrites the documents
+    (and rejected records) in id order at the end (``canonical_order``); the default keeps
+    input order. Returns flat numeric metrics.
     """
     if kind not in KINDS:
         raise ValueError(f"ingest source {source!r}: unknown kind {kind!r}; "
@@ -299,6 +357,11 @@ def run_ingest(source: str, kind: Literal["warc", "jsonl", "parquet", "text"],
         for a in args:
             done(a[0], ingest_file(*a, report=report))
     progress.close()
+    if order == "id":
+        canonical_order(out_dir / "data", INGEST_SCHEMA, extract.batch_rows)
+        canonical_order(out_dir / "rejected", REJECTED_SCHEMA, extract.batch_rows)
+    elif order != "input":
+        raise ValueError(f"ingest source {source!r}: unknown order {order!r}; expected 'input' or 'id'")
     seconds = time.perf_counter() - t0
 
     if not any((out_dir / "data").glob("*.parquet")):    # keep the dataset readable
