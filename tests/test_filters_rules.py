@@ -288,3 +288,77 @@ def test_scores_are_numpy_aligned_per_document():
     res = run(f, docs)
     assert len(res.keep) == 4 and all(len(np.asarray(v)) == 4 for v in res.scores.values())
     assert res.scores["n_words"].tolist() == [0, 60, 0, 1]
+
+
+# ------------------------------------------------------------- exact speed-ups (vs the loops)
+def _find_all_duplicate(ids: list[int], lengths: list[int], n: int) -> int:
+    """datatrove's ``find_all_duplicate`` over word ids (``lengths`` = characters)."""
+    unique, chars, i = set(), 0, 0
+    while i < len(ids) - n + 1:
+        g = tuple(ids[i:i + n])
+        if g in unique:
+            chars += sum(lengths[i:i + n])
+            i += n
+        else:
+            unique.add(g)
+            i += 1
+    return chars
+
+
+def test_greedy_duplicate_walk_equals_datatrove_loop():
+    """The walk that visits only repeated n-grams gives datatrove's loop's characters, on
+    documents from nearly all-repeat (2-word vocabulary) to nearly repeat-free."""
+    from pipeline.filters.text import NGrams, greedy_duplicate_ngram_chars
+
+    class Words:
+        def __init__(self, ids, parent, n_docs, length):
+            self.ids, self.parent, self.n_docs, self.length = ids, parent, n_docs, length
+
+    rng = np.random.default_rng(0)
+    checked = nonzero = 0
+    for _ in range(60):
+        n_docs = int(rng.integers(1, 12))
+        docs = []
+        for _ in range(n_docs):
+            vocab = int(rng.choice([2, 3, 5, 30, 10_000]))
+            doc = rng.integers(0, vocab, int(rng.integers(0, 300))).tolist()
+            if doc and rng.random() < 0.5:        # a copied passage
+                a = int(rng.integers(0, len(doc)))
+                doc += doc[a:a + int(rng.integers(1, 60))]
+            docs.append(doc)
+        ids = np.array([w for d in docs for w in d], dtype=np.int64)
+        parent = np.repeat(np.arange(n_docs), [len(d) for d in docs]).astype(np.int64)
+        length = (ids % 7 + 1).astype(np.int64)
+        w = Words(ids, parent, n_docs, length)
+        ng = NGrams(w)
+        for n, start, count in ng.iter([5, 6, 7, 8, 9, 10]):
+            got = greedy_duplicate_ngram_chars(w, start, count, ng.hash, n)
+            want = [_find_all_duplicate(d, [x % 7 + 1 for x in d], n) for d in docs]
+            assert got.tolist() == want, n
+            checked += n_docs
+            nonzero += sum(x > 0 for x in want)
+    assert nonzero > 100 and checked - nonzero > 100
+
+
+def test_indexed_affix_search_equals_spacy_loop_in_every_language():
+    """``SpacyRules`` with its edge indexes, infix gate and indexed special cases tokenizes
+    exactly as the plain regexes and spaCy's loop, for every language it ships, on chunks
+    of code, prose, and random strings of letters, digits, punctuation and symbols."""
+    from pipeline.filters.fidelity import build_corpus
+    from pipeline.filters.wordtok import SpacyRules, rules_data
+
+    rng = random.Random(0)
+    corpus = sorted({c for d in build_corpus(200, seed=1) for c in d["text"].split()})
+    chunks = set(rng.sample(corpus, min(3000, len(corpus))))
+    pool = list("abcXYZéßçøДжλ日本ไทย0123456789.,;:!?'\"()[]{}<>-–—_/\\@#$%^&*+=~`|…’“”«»¿¡°©®™€£¥§¶•·") \
+        + ["km", "n't", "'s", "http://", "www.", ".com", "e.g.", "U.S.", "don", "'ll"]
+    chunks |= {"".join(rng.choice(pool) for _ in range(rng.randint(1, 8))) for _ in range(2000)}
+    chunks = sorted(chunks)
+    indexed_langs = 0
+    for code in rules_data()["languages"]:
+        fast, slow = SpacyRules(code), SpacyRules(code)
+        slow.set_indexed(False)
+        diff = [(c, a, b) for c in chunks if (a := fast.split(c)) != (b := slow.split(c))]
+        assert not diff, (code, diff[:5])
+        indexed_langs += fast._plain
+    assert indexed_langs >= 50          # the indexes apply almost everywhere

@@ -17,6 +17,8 @@ a filter that rewrites the text (C4 line cleaning) hands the next filter a new b
 
 from __future__ import annotations
 
+import bisect
+
 import string
 from functools import cached_property
 
@@ -197,37 +199,59 @@ def greedy_duplicate_ngram_chars(words, start: np.ndarray, count: np.ndarray, ha
                                  n: int) -> np.ndarray:
     """datatrove's ``find_all_duplicate``: scan each document's n-grams left to right; an
     n-gram seen before adds its characters (words concatenated) and skips ``n`` words, an
-    unseen one is remembered. Documents without any repeated n-gram get 0 without a scan;
-    the others are scanned from their first repeat (everything before it is unseen)."""
+    unseen one is remembered.
+
+    The same walk, visiting only the windows whose n-gram occurred earlier in the document
+    (``count > 1`` and not its first occurrence): every other visited window is unseen by
+    definition. A repeat at ``c`` is a duplicate when its n-gram was seen at a visited
+    window: an earlier repeat that was visited (the set ``seen``), or its first occurrence
+    ``f`` unless a duplicate's skip covered ``f`` (only the last duplicate before ``f``
+    can: skips do not overlap). Documents without a repeated n-gram get 0 without a scan.
+    """
     out = np.zeros(words.n_docs)
-    rep = count > 1
-    if not rep.any():
+    rep = np.flatnonzero(count > 1)
+    if not len(rep):
         return out
-    csum = np.concatenate([[0], np.cumsum(words.length)])
-    parent = words.parent[start]
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(parent, minlength=words.n_docs))])
-    for d in np.unique(parent[rep]).tolist():
-        a, b = bounds[d], bounds[d + 1]
-        hs = hashes[a:b].tolist()
-        st = start[a:b]
-        seen_pos = {}
-        first_rep = None
-        for i, h in enumerate(hs):             # the first window whose n-gram occurred before
-            if h in seen_pos:
-                first_rep = i
-                break
-            seen_pos[h] = i
-        unique = set(hs[:first_rep])
-        chars, i, m = 0, first_rep, len(hs)
-        while i < m:
-            h = hs[i]
-            if h in unique:
-                chars += int(csum[st[i] + n] - csum[st[i]])
-                i += n
-            else:
-                unique.add(h)
-                i += 1
-        out[d] = chars
+    hr = hashes[rep]
+    order = np.lexsort((rep, hr))                  # by n-gram, then position
+    sh, si = hr[order], rep[order]
+    new = np.empty(len(sh), dtype=bool)
+    new[0] = True
+    new[1:] = sh[1:] != sh[:-1]
+    first = np.empty(len(rep), dtype=np.int64)
+    first[order] = si[new][np.cumsum(new) - 1]     # first occurrence of each repeat's n-gram
+    cand = first != rep
+    cw, cf, ch = rep[cand], first[cand], hr[cand]
+    if not len(cw):
+        return out
+    doc = words.parent[start[cw]]
+    cuts = np.flatnonzero(np.diff(doc)) + 1
+    dups: list[int] = []
+    cw_l, cf_l, ch_l = cw.tolist(), cf.tolist(), ch.tolist()
+    for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(cw)].tolist()):
+        seen: set = set()
+        doc_dups: list[int] = []
+        skip_until = -1
+        for k in range(a, b):
+            c = cw_l[k]
+            if c < skip_until:
+                continue
+            h = ch_l[k]
+            dup = h in seen
+            if not dup:
+                seen.add(h)
+                f = cf_l[k]
+                j = bisect.bisect_left(doc_dups, f) - 1
+                dup = j < 0 or f >= doc_dups[j] + n
+            if dup:
+                doc_dups.append(c)
+                skip_until = c + n
+        dups += doc_dups
+    if dups:
+        d = np.asarray(dups, dtype=np.int64)
+        csum = np.concatenate([[0], np.cumsum(words.length)])
+        st = start[d]
+        np.add.at(out, words.parent[st], csum[st + n] - csum[st])
     return out
 
 

@@ -66,7 +66,9 @@ def punctuation_sets() -> tuple[frozenset, frozenset, frozenset]:
 
 
 class Vocab:
-    """Global token ids and per-token attributes (numpy arrays indexed by id)."""
+    """Global token ids and per-token attributes (numpy arrays indexed by id). ``id`` only
+    numbers a new token; its attributes are computed for all new tokens together on the
+    next ``attr`` call."""
 
     def __init__(self):
         self.ids: dict[str, int] = {}
@@ -79,17 +81,29 @@ class Vocab:
         if i is None:
             i = self.ids[tok] = len(self.tokens)
             self.tokens.append(tok)
-            punct_set, _, sent = punctuation_sets()
-            a = self._attrs
-            a["length"].append(len(tok))
-            a["symbol"].append(all(ch in punct_set for ch in tok))
-            a["alpha"].append(any(ch.isalpha() for ch in tok))
-            a["punct"].append(all(unicodedata.category(ch).startswith("P") for ch in tok))
-            a["sent_punct"].append(tok in sent)
-            self._np.clear()
         return i
 
+    def _fill(self) -> None:
+        a = self._attrs
+        done = len(a["length"])
+        if done == len(self.tokens):
+            return
+        punct_set, _, sent = punctuation_sets()
+        category = unicodedata.category
+        for tok in self.tokens[done:]:
+            a["length"].append(len(tok))
+            a["symbol"].append(set(tok) <= punct_set)
+            if tok.isalpha():           # letters only: alphabetic, not punctuation
+                a["alpha"].append(True)
+                a["punct"].append(False)
+            else:
+                a["alpha"].append(any(ch.isalpha() for ch in tok))
+                a["punct"].append(all(category(ch).startswith("P") for ch in tok))
+            a["sent_punct"].append(tok in sent)
+        self._np.clear()
+
     def attr(self, name: str) -> np.ndarray:
+        self._fill()
         arr = self._np.get(name)
         if arr is None:
             arr = self._np[name] = np.frombuffer(self._attrs[name], dtype=np.int64).copy()
@@ -101,6 +115,294 @@ class Vocab:
 
 
 VOCAB = Vocab()
+
+
+# ------------------------------------------------------------------ affix regex indexes
+# spaCy's prefix regex is ``^piece|^piece|...`` and its suffix regex ``piece$|piece$|...``:
+# every match starts at the chunk's first character (ends at its last). A piece whose
+# first (last) consumed character cannot be the chunk's first (last) character cannot
+# match, so the search only needs the pieces that can: one small regex per edge character,
+# built the first time that character is seen. The infix regex can only match where the
+# chunk holds a character some infix piece consumes; a chunk without one has no infix.
+# Both are exact (``tests/test_filters_rules.py`` compares them with the plain regexes on
+# every chunk of a corpus, in every language); a pattern the analysis does not understand
+# (case-insensitive flags, back-references) keeps the plain regex.
+import re._constants as _sc  # noqa: E402
+import re._parser as _sp  # noqa: E402
+
+_ALL = ("all", None)
+_MISSING = object()
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _top_branches(pattern: str) -> list[str]:
+    """``pattern`` split on its top-level ``|`` (outside groups, classes and escapes)."""
+    out, depth, in_class, esc, start = [], 0, False, False, 0
+    for i, ch in enumerate(pattern):
+        if esc:
+            esc = False
+        elif ch == "\\":
+            esc = True
+        elif in_class:
+            in_class = ch != "]" or i == start
+        elif ch == "[":
+            in_class = True
+            start = i + 1 if pattern[i + 1:i + 2] != "^" else i + 2
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            out.append(pattern[len("|".join(out)) + bool(out):i])
+    out.append(pattern[len("|".join(out)) + bool(out):])
+    return out
+
+
+def _edge_atoms(seq, from_end: bool) -> tuple[list, bool]:
+    """The sets the first (last) consumed character of ``seq`` belongs to, and whether
+    ``seq`` can consume nothing."""
+    atoms: list = []
+    items = list(seq)
+    for op, av in (reversed(items) if from_end else items):
+        got, nullable = _node_atoms(op, av, from_end)
+        atoms += got
+        if not nullable:
+            return atoms, False
+    return atoms, True
+
+
+def _node_atoms(op, av, from_end: bool) -> tuple[list, bool]:
+    if op is _sc.LITERAL:
+        return [("lit", av)], False
+    if op is _sc.IN:
+        return [("in", av)], False
+    if op is _sc.CATEGORY:
+        return [("in", [(op, av)])], False
+    if op in (_sc.ASSERT, _sc.ASSERT_NOT, _sc.AT):
+        return [], True
+    if op is _sc.SUBPATTERN:
+        _group, add_flags, _del_flags, p = av
+        if add_flags & (_sc.SRE_FLAG_IGNORECASE | _sc.SRE_FLAG_LOCALE):
+            raise _Unsupported("flags")
+        return _edge_atoms(p, from_end)
+    if op is _sc.ATOMIC_GROUP:
+        return _edge_atoms(av, from_end)
+    if op is _sc.BRANCH:
+        atoms, nullable = [], False
+        for b in av[1]:
+            got, n = _edge_atoms(b, from_end)
+            atoms += got
+            nullable |= n
+        return atoms, nullable
+    if op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT, _sc.POSSESSIVE_REPEAT):
+        lo, _hi, p = av
+        got, n = _edge_atoms(p, from_end)
+        return got, n or lo == 0
+    return [_ALL], False        # ANY, NOT_LITERAL, group references: any character
+
+
+def _consumed_atoms(seq) -> list:
+    """Every set a character consumed by ``seq`` (outside look-arounds) belongs to."""
+    atoms: list = []
+    for op, av in seq:
+        if op in (_sc.ASSERT, _sc.ASSERT_NOT, _sc.AT):
+            continue
+        if op in (_sc.LITERAL, _sc.IN, _sc.CATEGORY):
+            atoms += _node_atoms(op, av, False)[0]
+        elif op is _sc.SUBPATTERN:
+            if av[1] & (_sc.SRE_FLAG_IGNORECASE | _sc.SRE_FLAG_LOCALE):
+                raise _Unsupported("flags")
+            atoms += _consumed_atoms(av[3])
+        elif op is _sc.ATOMIC_GROUP:
+            atoms += _consumed_atoms(av)
+        elif op is _sc.BRANCH:
+            for b in av[1]:
+                atoms += _consumed_atoms(b)
+        elif op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT, _sc.POSSESSIVE_REPEAT):
+            atoms += _consumed_atoms(av[2])
+        else:
+            atoms.append(_ALL)
+    return atoms
+
+
+_CATEGORY_CLASS = {_sc.CATEGORY_DIGIT: r"\d", _sc.CATEGORY_NOT_DIGIT: r"\D",
+                   _sc.CATEGORY_SPACE: r"\s", _sc.CATEGORY_NOT_SPACE: r"\S",
+                   _sc.CATEGORY_WORD: r"\w", _sc.CATEGORY_NOT_WORD: r"\W"}
+
+
+def _class_regex(atoms: list) -> str | None:
+    """A regex matching one character of any of ``atoms`` (None: any character)."""
+    parts = []
+    for kind, av in atoms:
+        if kind == "all":
+            return None
+        if kind == "lit":
+            parts.append(re.escape(chr(av)))
+            continue
+        inner, negate = [], False
+        for op, x in av:
+            if op is _sc.NEGATE:
+                negate = True
+            elif op is _sc.LITERAL:
+                inner.append(re.escape(chr(x)))
+            elif op is _sc.RANGE:
+                inner.append(f"{re.escape(chr(x[0]))}-{re.escape(chr(x[1]))}")
+            elif op is _sc.CATEGORY and x in _CATEGORY_CLASS:
+                inner.append(_CATEGORY_CLASS[x])
+            else:
+                return None
+        if inner:
+            parts.append(("[^" if negate else "[") + "".join(inner) + "]")
+        elif negate:
+            return None
+    return "|".join(parts) if parts else "(?!)"
+
+
+def _mandatory_atoms(seq) -> list[list]:
+    """Sets of which every match of ``seq`` needs a character in the string (consumed
+    or looked at by a positive look-around): one list of atoms per such element."""
+    out: list[list] = []
+    for op, av in seq:
+        if op in (_sc.LITERAL, _sc.IN, _sc.CATEGORY):
+            out.append(_node_atoms(op, av, False)[0])
+        elif op is _sc.SUBPATTERN:
+            out += _mandatory_atoms(av[3])
+        elif op is _sc.ATOMIC_GROUP:
+            out += _mandatory_atoms(av)
+        elif op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT, _sc.POSSESSIVE_REPEAT) and av[0] >= 1:
+            out += _mandatory_atoms(av[2])
+        elif op is _sc.ASSERT:
+            out += _mandatory_atoms(av[1])
+        elif op is _sc.BRANCH:
+            firsts: list = []
+            for b in av[1]:
+                got, nullable = _edge_atoms(b, False)
+                if nullable:
+                    break
+                firsts += got
+            else:
+                out.append(firsts)
+    return out
+
+
+_CLASS_CACHE: dict[tuple[str, int], re.Pattern] = {}
+
+
+def _compiled_class(cls: str, flags: int) -> re.Pattern:
+    rx = _CLASS_CACHE.get((cls, flags))
+    if rx is None:
+        rx = _CLASS_CACHE[(cls, flags)] = re.compile(cls, flags)
+    return rx
+
+
+class _Edge:
+    """The pieces of an anchored alternation that can start (end) with one character:
+    their regex, and for each piece the character classes the string must also contain
+    for it to match (``possible``: a cheap necessary condition)."""
+
+    __slots__ = ("regex", "always", "gates")
+
+    def __init__(self, regex: re.Pattern, gates: list[tuple[re.Pattern, ...]]):
+        self.regex = regex
+        self.always = any(not g for g in gates)
+        self.gates = tuple(gates)
+
+    def possible(self, s: str) -> bool:
+        if self.always:
+            return True
+        for gate in self.gates:
+            for g in gate:
+                if not g.search(s):
+                    break
+            else:
+                return True
+        return False
+
+
+class _EdgeIndex:
+    """``regex.search`` for an anchored alternation, trying only the pieces whose first
+    (``from_end=False``) or last consumed character can be the string's, and only when
+    one of them can match at all."""
+
+    def __init__(self, regex: re.Pattern, from_end: bool):
+        self.regex, self.from_end = regex, from_end
+        self.by_char: dict[str, _Edge | None] = {}
+        anchor = _sc.AT_END if from_end else _sc.AT_BEGINNING
+        flags = _sp.parse(regex.pattern).state.flags
+        if flags & (_sc.SRE_FLAG_IGNORECASE | _sc.SRE_FLAG_LOCALE | _sc.SRE_FLAG_MULTILINE):
+            raise _Unsupported("flags")
+        self.flags = flags
+        self.pieces = []
+        for text in _top_branches(regex.pattern):
+            seq = list(_sp.parse(text, flags))
+            edge = seq[-1] if from_end else seq[0]
+            if not seq or edge != (_sc.AT, anchor):
+                raise _Unsupported("unanchored piece")
+            atoms, nullable = _edge_atoms(seq, from_end)
+            cls = None if nullable else _class_regex(atoms)
+            gates = [c for c in map(_class_regex, _mandatory_atoms(seq)) if c is not None]
+            self.pieces.append((text, None if cls is None else _compiled_class(cls, flags),
+                                [_compiled_class(g, flags) for g in gates]))
+        if "|".join(t for t, _, _ in self.pieces) != regex.pattern:
+            raise _Unsupported("split")
+
+    def _for(self, ch: str) -> _Edge | None:
+        chosen = [(t, gates) for t, cls, gates in self.pieces if cls is None or cls.fullmatch(ch)]
+        if not chosen:
+            return None
+        # a class the edge character itself satisfies tells nothing
+        gates = [tuple(g for g in gs if not g.fullmatch(ch)) for _, gs in chosen]
+        return _Edge(re.compile("|".join(t for t, _ in chosen), self.regex.flags), gates)
+
+    def for_char(self, ch: str) -> _Edge | None:
+        """The pieces that can start (end) with ``ch``; None when none can."""
+        try:
+            return self.by_char[ch]
+        except KeyError:
+            e = self.by_char[ch] = self._for(ch)
+            return e
+
+    def search(self, s: str):
+        if not s or "\n" in s:
+            return self.regex.search(s)
+        ch = s[-1] if self.from_end else s[0]
+        e = self.by_char.get(ch, _MISSING)
+        if e is _MISSING:
+            e = self.for_char(ch)
+        if e is None or not (e.always or e.possible(s)):
+            return None
+        return e.regex.search(s)
+
+    def untouched(self, s: str) -> bool:
+        """No piece can match ``s`` (no newline in ``s``, which is not empty)."""
+        e = self.for_char(s[-1] if self.from_end else s[0])
+        return e is None or not e.possible(s)
+
+
+def _edge_index(regex: re.Pattern | None, from_end: bool):
+    if regex is None:
+        return None
+    try:
+        return _EdgeIndex(regex, from_end)
+    except (_Unsupported, re.error):
+        return regex
+
+
+def _infix_gate(regex: re.Pattern | None) -> re.Pattern | None:
+    """A one-character class every infix match must contain (None: no gate)."""
+    if regex is None:
+        return None
+    try:
+        seq = _sp.parse(regex.pattern)
+        if _edge_atoms(seq, False)[1]:      # a piece that consumes nothing splits anywhere
+            return None
+        cls = _class_regex(_consumed_atoms(seq))
+    except (_Unsupported, re.error):
+        return None
+    return None if cls is None else re.compile(cls, regex.flags)
 
 
 class SpacyRules:
@@ -118,6 +420,7 @@ class SpacyRules:
         self.url_match = comp(lang["url_match"])
         self.token_match = comp(lang["token_match"])
         self.specials: dict[str, list[str]] = t[lang["specials"]]
+        self.set_indexed(True)
         # spaCy's special-case matcher: specials that contain affixes are found again after
         # the affix split, as the token sequence the split makes of them
         self.matcher: dict[str, list[tuple[str, ...]]] = {}
@@ -127,29 +430,87 @@ class SpacyRules:
                 pat = tuple(self._split(key, False))
                 if pat:
                     self.matcher.setdefault(pat[0], []).append(pat)
+        # the special-case matcher indexed by its patterns' first token (one-token
+        # patterns) and first two tokens (longer ones)
+        self._single = {p[0] for pats in self.matcher.values() for p in pats if len(p) == 1}
+        self._pairs: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+        for pats in self.matcher.values():
+            for p in pats:
+                if len(p) > 1:
+                    self._pairs.setdefault(p[:2], []).append(p)
+
+    def set_indexed(self, on: bool) -> None:
+        """Search affixes through the edge indexes and the infix gate (exact; ``False``
+        uses the plain regexes and spaCy's special-case loop, to compare)."""
+        self._indexed = on
+        if on:
+            self._prefix_search = _edge_index(self.prefix, False)
+            self._suffix_search = _edge_index(self.suffix, True)
+            self._infix_gate = _infix_gate(self.infix)
+        else:
+            self._prefix_search, self._suffix_search = self.prefix, self.suffix
+            self._infix_gate = None
+        # a chunk no affix can touch is one token: taken without the loop when the three
+        # tests above are available (an absent regex never matches)
+        self._plain = on and all(isinstance(x, _EdgeIndex) or x is None
+                                 for x in (self._prefix_search, self._suffix_search)) \
+            and (self.infix is None or self._infix_gate is not None)
+
+    def _untouched(self, s: str) -> bool:
+        """No prefix, suffix or infix piece can match ``s`` (so ``_split`` keeps it whole)."""
+        if "\n" in s:
+            return False
+        pre, suf, gate = self._prefix_search, self._suffix_search, self._infix_gate
+        return ((pre is None or pre.untouched(s)) and (suf is None or suf.untouched(s))
+                and (gate is None or not gate.search(s)))
 
     def _find_prefix(self, s: str) -> int:
-        m = self.prefix.search(s) if self.prefix else None
+        m = self._prefix_search.search(s) if self.prefix else None
         return (m.end() - m.start()) if m else 0
 
     def _find_suffix(self, s: str) -> int:
-        m = self.suffix.search(s) if self.suffix else None
+        m = self._suffix_search.search(s) if self.suffix else None
         return (m.end() - m.start()) if m else 0
 
     def split(self, string: str) -> list[str]:
         """Tokens of one chunk (``Tokenizer._tokenize``: specials, affixes, infixes, then
         ``_apply_special_cases``)."""
-        if string in self.specials:
-            return list(self.specials[string])
+        specials = self.specials
+        if string in specials:
+            return list(specials[string])
+        if self._plain and string and self._untouched(string):
+            w = string.strip()
+            if not w:
+                return []
+            return list(specials.get(w, (w,))) if w in self._single else [w]
         toks = self._split(string, True)
-        return self._apply_special_cases(toks) if self.matcher else toks
+        if not self.matcher:
+            return toks
+        return self._apply_special_cases(toks) if self._indexed else self._reference_special_cases(toks)
 
-    def _apply_special_cases(self, toks: list[str]) -> list[str]:
+    def _reference_special_cases(self, toks: list[str]) -> list[str]:
+        """``_apply_special_cases`` as spaCy writes it (every pattern of the first token)."""
         matches = []
         for i, t in enumerate(toks):
             for pat in self.matcher.get(t, ()):
                 if tuple(toks[i:i + len(pat)]) == pat:
                     matches.append((i, i + len(pat)))
+        return self._resolve_matches(toks, matches)
+
+    def _apply_special_cases(self, toks: list[str]) -> list[str]:
+        matches = []
+        single, pairs, n = self._single, self._pairs, len(toks)
+        for i in range(n):
+            t = toks[i]
+            if t in single:
+                matches.append((i, i + 1))
+            if i + 1 < n:
+                for pat in pairs.get((t, toks[i + 1]), ()):
+                    if tuple(toks[i:i + len(pat)]) == pat:
+                        matches.append((i, i + len(pat)))
+        return self._resolve_matches(toks, matches)
+
+    def _resolve_matches(self, toks: list[str], matches: list[tuple[int, int]]) -> list[str]:
         if not matches:
             return toks
         # longest first, then earliest; a match is dropped if its first or last token is taken
@@ -170,23 +531,28 @@ class SpacyRules:
 
     def _split(self, string: str, with_special_cases: bool) -> list[str]:
         specials = self.specials if with_special_cases else {}
+        token_match = self.token_match
+        pre_search = self._prefix_search.search if self.prefix is not None else None
+        suf_search = self._suffix_search.search if self.suffix is not None else None
         prefixes: list[str] = []
         suffixes: list[str] = []
         last_size = 0
         while string and len(string) != last_size:
-            if self.token_match and self.token_match.match(string):
+            if token_match is not None and token_match.match(string):
                 break
             if string in specials:
                 break
             last_size = len(string)
-            pre_len = self._find_prefix(string)
+            m = pre_search(string) if pre_search is not None else None
+            pre_len = m.end() - m.start() if m is not None else 0
             if pre_len:
                 prefix, minus_pre = string[:pre_len], string[pre_len:]
                 if minus_pre and minus_pre in specials:
                     string = minus_pre
                     prefixes.append(prefix)
                     break
-            suf_len = self._find_suffix(string[pre_len:])
+            m = suf_search(string[pre_len:] if pre_len else string) if suf_search is not None else None
+            suf_len = m.end() - m.start() if m is not None else 0
             if suf_len:
                 suffix, minus_suf = string[-suf_len:], string[:-suf_len]
                 if minus_suf and minus_suf in specials:
@@ -207,6 +573,8 @@ class SpacyRules:
         if string:
             if string in specials:
                 out.extend(specials[string])
+            elif self._infix_gate is not None and not self._infix_gate.search(string):
+                out.append(string)      # no infix can match: the same as a token/URL match
             elif ((self.token_match and self.token_match.match(string))
                   or (self.url_match and self.url_match.match(string))):
                 out.append(string)
@@ -265,7 +633,7 @@ class ChunkTokenizer:
         for ch in chunks:
             hit = cache.get(ch)
             if hit is None:
-                hit = cache[ch] = tuple(vid(t) for t in split(ch))
+                hit = cache[ch] = tuple(map(vid, split(ch)))
             out.append(hit)
         lens = np.fromiter(map(len, out), dtype=np.int64, count=len(out))
         return np.fromiter(chain.from_iterable(out), dtype=np.int64, count=int(lens.sum())), lens
