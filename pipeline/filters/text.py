@@ -104,6 +104,16 @@ def duplicates(pieces: Pieces) -> tuple[np.ndarray, np.ndarray]:
             pieces.per_doc(np.where(dup, pieces.length, 0)))
 
 
+def length_csum(words) -> np.ndarray:
+    """``[0, cumsum(words.length)]``, computed once per word split (the n-gram character
+    counts of every n read it)."""
+    csum = getattr(words, "_length_csum", None)
+    if csum is None:
+        csum = np.concatenate([[0], np.cumsum(words.length)])
+        words._length_csum = csum
+    return csum
+
+
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
 
@@ -171,7 +181,7 @@ def top_ngram_chars(words: Pieces, start: np.ndarray, count: np.ndarray, n: int)
     if not sel.any():
         return out.astype(np.float64)
     start, count = start[sel], count[sel]
-    csum = np.concatenate([[0], np.cumsum(words.length)])
+    csum = length_csum(words)
     length = csum[start + n] - csum[start] + (n - 1)
     np.maximum.at(out, words.parent[start], (count << 32) + length)
     return ((out >> 32) * (out & 0xFFFFFFFF)).astype(np.float64)
@@ -185,11 +195,13 @@ def top_ngram_chars_first(words, start: np.ndarray, count: np.ndarray, n: int) -
     out = np.full(words.n_docs, np.nan)
     if len(start) == 0:
         return out
-    parent = words.parent[start]
-    order = np.lexsort((start, -count, parent))
-    docs, first = np.unique(parent[order], return_index=True)
-    best = order[first]
-    csum = np.concatenate([[0], np.cumsum(words.length)])
+    parent = words.parent[start]           # non-decreasing: windows are in text order
+    seg = np.flatnonzero(np.r_[True, parent[1:] != parent[:-1]])
+    docs = parent[seg]
+    top = np.maximum.reduceat(count, seg)                   # the highest count per document
+    at_top = np.flatnonzero(count == np.repeat(top, np.diff(np.r_[seg, len(count)])))
+    best = at_top[np.flatnonzero(np.r_[True, parent[at_top][1:] != parent[at_top][:-1]])]
+    csum = length_csum(words)
     length = csum[start[best] + n] - csum[start[best]] + (n - 1)
     out[docs] = length * count[best]
     return out
@@ -225,34 +237,65 @@ def greedy_duplicate_ngram_chars(words, start: np.ndarray, count: np.ndarray, ha
     if not len(cw):
         return out
     doc = words.parent[start[cw]]
-    cuts = np.flatnonzero(np.diff(doc)) + 1
-    dups: list[int] = []
-    cw_l, cf_l, ch_l = cw.tolist(), cf.tolist(), ch.tolist()
-    for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(cw)].tolist()):
-        seen: set = set()
-        doc_dups: list[int] = []
-        skip_until = -1
-        for k in range(a, b):
-            c = cw_l[k]
-            if c < skip_until:
-                continue
-            h = ch_l[k]
-            dup = h in seen
-            if not dup:
-                seen.add(h)
-                f = cf_l[k]
-                j = bisect.bisect_left(doc_dups, f) - 1
-                dup = j < 0 or f >= doc_dups[j] + n
-            if dup:
-                doc_dups.append(c)
-                skip_until = c + n
-        dups += doc_dups
-    if dups:
+    seg = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]])
+    seg_end = np.r_[seg[1:], len(cw)]
+    # Fast path: suppose every visited repeat is a duplicate (its first occurrence was
+    # visited). The walk is then a chain: from a document's first repeat, the next visited
+    # repeat is the first one at or after c + n. The supposition is checked on the chain
+    # (no chosen duplicate's skip covers the first occurrence of another); a document
+    # where it fails is walked exactly.
+    nxt = np.searchsorted(cw, cw + n)
+    same = nxt < len(cw)
+    same[same] = doc[nxt[same]] == doc[same]
+    nxt_l = np.where(same, nxt, -1).tolist()
+    chain: list[int] = []
+    for k in seg.tolist():
+        while k != -1:
+            chain.append(k)
+            k = nxt_l[k]
+    sel = np.asarray(chain, dtype=np.int64)
+    d_w, f_w, d_doc = cw[sel], cf[sel], doc[sel]
+    j = np.searchsorted(d_w, f_w) - 1
+    jc = np.maximum(j, 0)
+    bad = (j >= 0) & (d_doc[jc] == d_doc) & (f_w < d_w[jc] + n)
+    dups = d_w
+    if bad.any():
+        bad_docs = np.unique(d_doc[bad])
+        keep = ~np.isin(d_doc, bad_docs)
+        exact: list[int] = []
+        cw_l, cf_l, ch_l = cw.tolist(), cf.tolist(), ch.tolist()
+        for si in np.flatnonzero(np.isin(doc[seg], bad_docs)).tolist():
+            exact += _greedy_walk(cw_l, cf_l, ch_l, int(seg[si]), int(seg_end[si]), n)
+        dups = np.concatenate([d_w[keep], np.asarray(exact, dtype=np.int64)])
+    if len(dups):
         d = np.asarray(dups, dtype=np.int64)
-        csum = np.concatenate([[0], np.cumsum(words.length)])
+        csum = length_csum(words)
         st = start[d]
         np.add.at(out, words.parent[st], csum[st + n] - csum[st])
     return out
+
+
+def _greedy_walk(cw: list[int], cf: list[int], ch: list, a: int, b: int, n: int) -> list[int]:
+    """The exact walk over one document's repeats ``cw[a:b]`` (first occurrences ``cf``,
+    n-gram hashes ``ch``): the windows that count as duplicates."""
+    seen: set = set()
+    dups: list[int] = []
+    skip_until = -1
+    for k in range(a, b):
+        c = cw[k]
+        if c < skip_until:
+            continue
+        h = ch[k]
+        dup = h in seen
+        if not dup:
+            seen.add(h)
+            f = cf[k]
+            j = bisect.bisect_left(dups, f) - 1
+            dup = j < 0 or f >= dups[j] + n
+        if dup:
+            dups.append(c)
+            skip_until = c + n
+    return dups
 
 
 def duplicate_ngram_chars(words: Pieces, start: np.ndarray, count: np.ndarray, n: int) -> np.ndarray:
