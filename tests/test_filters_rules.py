@@ -362,3 +362,19 @@ def test_indexed_affix_search_equals_spacy_loop_in_every_language():
         assert not diff, (code, diff[:5])
         indexed_langs += fast._plain
     assert indexed_langs >= 50          # the indexes apply almost everywhere
+
+
+def test_edge_index_on_patterns_it_can_and_cannot_analyse():
+    import re
+
+    from pipeline.filters.wordtok import _edge_index, _EdgeIndex
+    suffix = re.compile(r"(?<=[0-9])(?:km|m)$|'s$|\.\.+$|[\u2600-\u26FF]$")
+    idx = _edge_index(suffix, True)
+    assert isinstance(idx, _EdgeIndex)
+    for s in ["5km", "akm", "John's", "Johns", "wait...", "a.", "sun☀", "x", "7m", "m", "km\n"]:
+        want, got = suffix.search(s), idx.search(s)
+        assert (want and want.span()) == (got and got.span()), s
+    assert idx.untouched("akm") and not idx.untouched("5km")    # the look-behind's digit
+    # a case-insensitive piece or an unanchored one: the plain regex is kept
+    assert not isinstance(_edge_index(re.compile(r"(?i:ab)c$|x$"), True), _EdgeIndex)
+    assert not isinstance(_edge_index(re.compile(r"ab|x$"), True), _EdgeIndex)

@@ -269,6 +269,8 @@ def _mandatory_atoms(seq) -> list[list]:
         if op in (_sc.LITERAL, _sc.IN, _sc.CATEGORY):
             out.append(_node_atoms(op, av, False)[0])
         elif op is _sc.SUBPATTERN:
+            if av[1] & (_sc.SRE_FLAG_IGNORECASE | _sc.SRE_FLAG_LOCALE):
+                raise _Unsupported("flags")
             out += _mandatory_atoms(av[3])
         elif op is _sc.ATOMIC_GROUP:
             out += _mandatory_atoms(av)
