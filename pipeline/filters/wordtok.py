@@ -161,6 +161,15 @@ def _top_branches(pattern: str) -> list[str]:
     return out
 
 
+def _group_body(av):
+    """A group's sub-pattern; a group that switches on case-insensitive (or locale)
+    matching cannot be analysed with case-sensitive classes."""
+    _group, add_flags, _del_flags, body = av
+    if add_flags & (_sc.SRE_FLAG_IGNORECASE | _sc.SRE_FLAG_LOCALE):
+        raise _Unsupported("flags")
+    return body
+
+
 def _edge_atoms(seq, from_end: bool) -> tuple[list, bool]:
     """The sets the first (last) consumed character of ``seq`` belongs to, and whether
     ``seq`` can consume nothing."""
@@ -184,10 +193,7 @@ def _node_atoms(op, av, from_end: bool) -> tuple[list, bool]:
     if op in (_sc.ASSERT, _sc.ASSERT_NOT, _sc.AT):
         return [], True
     if op is _sc.SUBPATTERN:
-        _group, add_flags, _del_flags, p = av
-        if add_flags & (_sc.SRE_FLAG_IGNORECASE | _sc.SRE_FLAG_LOCALE):
-            raise _Unsupported("flags")
-        return _edge_atoms(p, from_end)
+        return _edge_atoms(_group_body(av), from_end)
     if op is _sc.ATOMIC_GROUP:
         return _edge_atoms(av, from_end)
     if op is _sc.BRANCH:
@@ -213,9 +219,7 @@ def _consumed_atoms(seq) -> list:
         if op in (_sc.LITERAL, _sc.IN, _sc.CATEGORY):
             atoms += _node_atoms(op, av, False)[0]
         elif op is _sc.SUBPATTERN:
-            if av[1] & (_sc.SRE_FLAG_IGNORECASE | _sc.SRE_FLAG_LOCALE):
-                raise _Unsupported("flags")
-            atoms += _consumed_atoms(av[3])
+            atoms += _consumed_atoms(_group_body(av))
         elif op is _sc.ATOMIC_GROUP:
             atoms += _consumed_atoms(av)
         elif op is _sc.BRANCH:
@@ -269,9 +273,7 @@ def _mandatory_atoms(seq) -> list[list]:
         if op in (_sc.LITERAL, _sc.IN, _sc.CATEGORY):
             out.append(_node_atoms(op, av, False)[0])
         elif op is _sc.SUBPATTERN:
-            if av[1] & (_sc.SRE_FLAG_IGNORECASE | _sc.SRE_FLAG_LOCALE):
-                raise _Unsupported("flags")
-            out += _mandatory_atoms(av[3])
+            out += _mandatory_atoms(_group_body(av))
         elif op is _sc.ATOMIC_GROUP:
             out += _mandatory_atoms(av)
         elif op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT, _sc.POSSESSIVE_REPEAT) and av[0] >= 1:
