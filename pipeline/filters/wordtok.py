@@ -122,8 +122,9 @@ VOCAB = Vocab()
 # every match starts at the chunk's first character (ends at its last). A piece whose
 # first (last) consumed character cannot be the chunk's first (last) character cannot
 # match, so the search only needs the pieces that can: one small regex per edge character,
-# built the first time that character is seen. The infix regex can only match where the
-# chunk holds a character some infix piece consumes; a chunk without one has no infix.
+# built the first time that character is seen. An infix piece can only match a chunk that
+# holds a character of each class the piece requires; a chunk where no piece can has no
+# infix, and the others are searched with the pieces that can.
 # Both are exact (``tests/test_filters_rules.py`` compares them with the plain regexes on
 # every chunk of a corpus, in every language); a pattern the analysis does not understand
 # (case-insensitive flags, back-references) keeps the plain regex.
@@ -208,28 +209,6 @@ def _node_atoms(op, av, from_end: bool) -> tuple[list, bool]:
         got, n = _edge_atoms(p, from_end)
         return got, n or lo == 0
     return [_ALL], False        # ANY, NOT_LITERAL, group references: any character
-
-
-def _consumed_atoms(seq) -> list:
-    """Every set a character consumed by ``seq`` (outside look-arounds) belongs to."""
-    atoms: list = []
-    for op, av in seq:
-        if op in (_sc.ASSERT, _sc.ASSERT_NOT, _sc.AT):
-            continue
-        if op in (_sc.LITERAL, _sc.IN, _sc.CATEGORY):
-            atoms += _node_atoms(op, av, False)[0]
-        elif op is _sc.SUBPATTERN:
-            atoms += _consumed_atoms(_group_body(av))
-        elif op is _sc.ATOMIC_GROUP:
-            atoms += _consumed_atoms(av)
-        elif op is _sc.BRANCH:
-            for b in av[1]:
-                atoms += _consumed_atoms(b)
-        elif op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT, _sc.POSSESSIVE_REPEAT):
-            atoms += _consumed_atoms(av[2])
-        else:
-            atoms.append(_ALL)
-    return atoms
 
 
 _CATEGORY_CLASS = {_sc.CATEGORY_DIGIT: r"\d", _sc.CATEGORY_NOT_DIGIT: r"\D",
@@ -395,18 +374,67 @@ def _edge_index(regex: re.Pattern | None, from_end: bool):
         return regex
 
 
-def _infix_gate(regex: re.Pattern | None) -> re.Pattern | None:
-    """A one-character class every infix match must contain (None: no gate)."""
+class _InfixIndex:
+    """Which pieces of the infix alternation can match somewhere in a string: a piece
+    needs a character of each class it requires (consumed or looked at). ``regex_for(s)``
+    is None when no piece can (then the regex has no match in ``s``), that piece alone
+    when one can (its matches in ``s`` are the alternation's: the others match nowhere),
+    and the whole regex otherwise. A string's classes are the union of its characters'
+    (cached per character); at most one compile per piece."""
+
+    def __init__(self, regex: re.Pattern):
+        flags = _sp.parse(regex.pattern).state.flags
+        if flags & (_sc.SRE_FLAG_IGNORECASE | _sc.SRE_FLAG_LOCALE):
+            raise _Unsupported("flags")
+        self.texts = _top_branches(regex.pattern)
+        if "|".join(self.texts) != regex.pattern:
+            raise _Unsupported("split")
+        classes: dict[str, int] = {}
+        self.piece_masks = []
+        for text in self.texts:
+            mask = 0
+            for atoms in _mandatory_atoms(_sp.parse(text, flags)):
+                cls = _class_regex(atoms)
+                if cls is not None:
+                    mask |= 1 << classes.setdefault(cls, len(classes))
+            self.piece_masks.append(mask)
+        self.gates = [_compiled_class(c, flags) for c in classes]
+        self.regex = regex
+        self.char_masks: dict[str, int] = {}
+        self.by_mask: dict[int, re.Pattern | None] = {}
+        self.single: dict[int, re.Pattern] = {}
+
+    def regex_for(self, s: str) -> re.Pattern | None:
+        masks, m = self.char_masks, 0
+        for ch in set(s):
+            b = masks.get(ch)
+            if b is None:
+                b = masks[ch] = sum(1 << i for i, g in enumerate(self.gates) if g.fullmatch(ch))
+            m |= b
+        try:
+            return self.by_mask[m]
+        except KeyError:
+            pass
+        pieces = [i for i, pm in enumerate(self.piece_masks) if pm & m == pm]
+        if not pieces:
+            rx = None
+        elif len(pieces) == 1:          # one piece alone: compiled once per piece
+            rx = self.single.get(pieces[0])
+            if rx is None:
+                rx = self.single[pieces[0]] = re.compile(self.texts[pieces[0]], self.regex.flags)
+        else:
+            rx = self.regex
+        self.by_mask[m] = rx
+        return rx
+
+
+def _infix_index(regex: re.Pattern | None) -> _InfixIndex | None:
     if regex is None:
         return None
     try:
-        seq = _sp.parse(regex.pattern)
-        if _edge_atoms(seq, False)[1]:      # a piece that consumes nothing splits anywhere
-            return None
-        cls = _class_regex(_consumed_atoms(seq))
+        return _InfixIndex(regex)
     except (_Unsupported, re.error):
         return None
-    return None if cls is None else re.compile(cls, regex.flags)
 
 
 class SpacyRules:
@@ -450,23 +478,23 @@ class SpacyRules:
         if on:
             self._prefix_search = _edge_index(self.prefix, False)
             self._suffix_search = _edge_index(self.suffix, True)
-            self._infix_gate = _infix_gate(self.infix)
+            self._infix_index = _infix_index(self.infix)
         else:
             self._prefix_search, self._suffix_search = self.prefix, self.suffix
-            self._infix_gate = None
+            self._infix_index = None
         # a chunk no affix can touch is one token: taken without the loop when the three
         # tests above are available (an absent regex never matches)
         self._plain = on and all(isinstance(x, _EdgeIndex) or x is None
                                  for x in (self._prefix_search, self._suffix_search)) \
-            and (self.infix is None or self._infix_gate is not None)
+            and (self.infix is None or self._infix_index is not None)
 
     def _untouched(self, s: str) -> bool:
         """No prefix, suffix or infix piece can match ``s`` (so ``_split`` keeps it whole)."""
         if "\n" in s:
             return False
-        pre, suf, gate = self._prefix_search, self._suffix_search, self._infix_gate
+        pre, suf, inf = self._prefix_search, self._suffix_search, self._infix_index
         return ((pre is None or pre.untouched(s)) and (suf is None or suf.untouched(s))
-                and (gate is None or not gate.search(s)))
+                and (inf is None or inf.regex_for(s) is None))
 
     def _find_prefix(self, s: str) -> int:
         m = self._prefix_search.search(s) if self.prefix else None
@@ -577,13 +605,14 @@ class SpacyRules:
         if string:
             if string in specials:
                 out.extend(specials[string])
-            elif self._infix_gate is not None and not self._infix_gate.search(string):
+            elif (infix := self.infix if self._infix_index is None
+                  else self._infix_index.regex_for(string)) is None:
                 out.append(string)      # no infix can match: the same as a token/URL match
             elif ((self.token_match and self.token_match.match(string))
                   or (self.url_match and self.url_match.match(string))):
                 out.append(string)
             else:
-                matches = list(self.infix.finditer(string)) if self.infix else []
+                matches = list(infix.finditer(string))
                 if not matches:
                     out.append(string)
                 else:
