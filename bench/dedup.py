@@ -274,10 +274,11 @@ def run_datasketch(texts: list[str], cfg: DedupConfig) -> tuple[float, float, di
     return time.perf_counter() - t0, time.process_time() - c0, removed
 
 
-def run_datatrove(texts: list[str], cfg: DedupConfig) -> tuple[float, set[int]]:
+def run_datatrove(texts: list[str], cfg: DedupConfig) -> tuple[float, dict[int, int]]:
     """datatrove 0.10.1's MinHash pipeline (signatures -> buckets -> clusters -> filter),
     one task, same bands x rows and n-gram size (its own English word tokenizer and 64-bit
-    hashes); returns wall seconds and the indices it removed."""
+    hashes); returns wall seconds and {removed index: the index its cluster kept} (the
+    cluster stage saves cluster ids, so removals can be scored like the others')."""
     from datatrove.data import Document
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import (MinhashDedupBuckets, MinhashDedupCluster,
@@ -306,13 +307,27 @@ def run_datatrove(texts: list[str], cfg: DedupConfig) -> tuple[float, set[int]]:
         ("buckets", [MinhashDedupBuckets(input_folder=str(root / "sigs"),
                                          output_folder=str(root / "buckets"), config=mc)]),
         ("cluster", [MinhashDedupCluster(input_folder=str(root / "buckets"),
-                                         output_folder=str(root / "remove"), config=mc)]),
+                                         output_folder=str(root / "remove"), config=mc,
+                                         save_cluster_id=True)]),
         ("filter", [docs, MinhashDedupFilter(input_folder=str(root / "remove")), collect])]:
         tasks = bands if name == "buckets" else 1
         LocalPipelineExecutor(pipeline=steps, tasks=tasks, workers=1,
                               logging_dir=str(root / "logs" / name)).run()
     dt = time.perf_counter() - t0
-    return dt, set(range(len(texts))) - {int(i) for i in kept}
+    removed = set(range(len(texts))) - {int(i) for i in kept}
+    members: dict[int, list[int]] = {}
+    raw = (root / "remove" / "000000.clusters").read_bytes() \
+        if (root / "remove" / "000000.clusters").exists() else b""
+    pairs = np.frombuffer(raw, dtype="<u4").reshape(-1, 2)
+    for doc, cluster in pairs.tolist():
+        members.setdefault(cluster, []).append(doc)
+    to_kept: dict[int, int] = {}
+    for docs_ in members.values():
+        keep = [d for d in docs_ if d not in removed]
+        for d in docs_:
+            if d in removed and keep:
+                to_kept[d] = keep[0]
+    return dt, to_kept
 
 
 def quality(texts, group, removed: dict[int, int], ngram: int) -> dict:
@@ -440,11 +455,11 @@ def main() -> None:
             except ImportError as e:
                 print(f"datatrove: not installed ({e}); pip install -e .[dev]")
             else:
-                sizes = np.bincount(group[:nb])
-                per_group = np.bincount([group[d] for d in dt_removed], minlength=len(sizes))
-                recall = np.minimum(per_group, sizes - 1).sum() / max(1, (sizes - 1).sum())
+                qd = quality(texts[:nb], group[:nb], dt_removed, cfg.ngram)
                 print(f"datatrove MinHash (4 local stages, 1 task each): {nb:,} docs in {dtt:.1f}s = "
-                      f"{nb / dtt:,.0f} docs/s; removed {len(dt_removed):,}, planted recall {recall:.4f}")
+                      f"{nb / dtt:,.0f} docs/s; removed {len(dt_removed):,}; recall {qd['recall']:.4f} "
+                      f"precision {qd['precision']:.4f} (natural dups {qd['natural_dups']}, "
+                      f"false {qd['false_removals']})")
                 print(f"RATIO forgeflow/datatrove documents/s = {dtt / dts:.1f}x wall-clock; "
                       f"datasketch/datatrove = {dtt / dtb:.1f}x")
 
