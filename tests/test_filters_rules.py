@@ -378,3 +378,33 @@ def test_edge_index_on_patterns_it_can_and_cannot_analyse():
     # a case-insensitive piece or an unanchored one: the plain regex is kept
     assert not isinstance(_edge_index(re.compile(r"(?i:ab)c$|x$"), True), _EdgeIndex)
     assert not isinstance(_edge_index(re.compile(r"ab|x$"), True), _EdgeIndex)
+
+
+def test_chain_reuses_tokens_of_kept_documents_with_the_same_results(monkeypatch):
+    """A filter sees the previous filter's tokenization of the documents it kept (unless
+    text was rewritten or languages changed); the chain's output is the same as with every
+    filter tokenizing afresh, and fewer chunks are looked up."""
+    from pipeline.filters.chain import FilterChain
+    from pipeline.filters.config import FiltersConfig
+    from pipeline.filters.fidelity import build_corpus
+    from pipeline.filters.text import TextBatch
+    from pipeline.filters.wordtok import ChunkTokenizer
+
+    docs = [d["text"] for d in build_corpus(120, seed=3)]
+    table = pa.table({"id": [str(i) for i in range(len(docs))], "text": docs,
+                      "source": ["web"] * len(docs), "url": [None] * len(docs)})
+    steps = [{"type": "gopher_repetition"}, {"type": "gopher_quality"}, {"type": "c4"},
+             {"type": "fineweb"}]
+    calls = []
+    real_lookup = ChunkTokenizer.lookup
+    monkeypatch.setattr(ChunkTokenizer, "lookup",
+                        lambda self, chunks: calls.append(len(chunks)) or real_lookup(self, chunks))
+    reused = FilterChain(FiltersConfig(steps=steps)).process(table)
+    n_reused = sum(calls)
+    calls.clear()
+    monkeypatch.setattr(TextBatch, "token_cache", lambda self: {})
+    fresh = FilterChain(FiltersConfig(steps=steps)).process(table)
+    assert reused.equals(fresh)
+    reasons = reused.column("reason").to_pylist()
+    assert reasons.count("gopher_repetition") > 0 and reasons.count(None) > 0
+    assert n_reused < sum(calls)

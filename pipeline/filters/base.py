@@ -44,6 +44,9 @@ class FilterResult:
     detail: np.ndarray                       # object: str for removed docs, None for kept
     scores: dict[str, np.ndarray | list] = field(default_factory=dict)
     new_text: pa.Array | None = None         # set by filters that rewrite text
+    # the batch's word tokenizations (TextBatch.tokens), set by the chain so the next
+    # filter can reuse them for the documents this one kept
+    tokens: dict | None = None
 
 
 @dataclass

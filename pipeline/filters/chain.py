@@ -115,10 +115,11 @@ class FilterChain:
         parts = [(np.flatnonzero(empty | too_long), text.filter(pa.array(empty | too_long)))]
         cur = text.take(pa.array(active))
 
+        carry: dict | None = None      # tokenizations of `cur`, from the previous filter
         for f in self.filters:
             if len(active) == 0:
                 break
-            res = self._apply_scoped(f, cur, others, active)
+            res = self._apply_scoped(f, cur, others, active, carry)
             for col, vals in res.scores.items():
                 full = f.column_name(col)
                 if full in scores:
@@ -133,6 +134,10 @@ class FilterChain:
             detail[active[removed]] = res.detail[removed]
             parts.append((active[removed], cur.filter(pa.array(removed))))
             keepmask = pa.array(res.keep)
+            # the next filter sees the kept documents: their tokens stay valid unless this
+            # filter rewrote text or changed the languages
+            carry = ({k: t.subset_docs(res.keep) for k, t in res.tokens.items()}
+                     if res.tokens and res.new_text is None and "lang" not in res.scores else None)
             if res.new_text is not None:
                 before = np.asarray(pc.utf8_length(cur), dtype=np.int64)
                 after = np.asarray(pc.utf8_length(res.new_text), dtype=np.int64)
@@ -163,16 +168,16 @@ class FilterChain:
         return out
 
     def _apply_scoped(self, f: Filter, cur: pa.Array, others: pa.Table,
-                      active: np.ndarray) -> FilterResult:
+                      active: np.ndarray, tokens: dict | None = None) -> FilterResult:
         """Apply ``f`` to the rows of its ``sources`` only; other rows pass untouched
-        (kept, no score, text unchanged)."""
+        (kept, no score, text unchanged). ``tokens``: tokenizations of ``cur``."""
         if f.cfg.sources is None:
-            return self._apply(f, cur, others, active)
+            return self._apply(f, cur, others, active, tokens)
         src = others.column("source").take(pa.array(active))
         inside = np.asarray(pc.fill_null(pc.is_in(src, pa.array(f.cfg.sources, pa.string())), False),
                             dtype=bool)
         if inside.all():
-            return self._apply(f, cur, others, active)
+            return self._apply(f, cur, others, active, tokens)
         n = len(active)
         keep = np.ones(n, dtype=bool)
         detail = np.full(n, None, dtype=object)
@@ -195,10 +200,14 @@ class FilterChain:
             new_text = pa.array(texts, pa.string())
         return FilterResult(keep, detail, scores, new_text)
 
-    def _apply(self, f: Filter, cur: pa.Array, others: pa.Table, active: np.ndarray) -> FilterResult:
+    def _apply(self, f: Filter, cur: pa.Array, others: pa.Table, active: np.ndarray,
+               tokens: dict | None = None) -> FilterResult:
         sub = others.take(pa.array(active)) if others.num_columns else None
         try:
-            return _checked(f.apply(TextBatch(cur, sub)), len(cur))
+            batch = TextBatch(cur, sub, tokens=tokens)
+            res = _checked(f.apply(batch), len(cur))
+            res.tokens = batch.token_cache()
+            return res
         except Exception as e:  # noqa: BLE001 - isolate the bad document, never end the run
             log.warning("filter %s failed on a batch of %d (%s: %s); retrying per document",
                         f.name, len(cur), type(e).__name__, e)

@@ -314,12 +314,19 @@ def duplicate_ngram_chars(words: Pieces, start: np.ndarray, count: np.ndarray, n
 class TextBatch:
     """The text column of a batch plus lazily computed, cached splits."""
 
-    def __init__(self, text: pa.Array, table: pa.Table | None = None):
+    def __init__(self, text: pa.Array, table: pa.Table | None = None,
+                 tokens: dict | None = None):
         if isinstance(text, pa.ChunkedArray):
             text = text.combine_chunks()
         self.text = text
         self.table = table          # the other columns (url, source, ...), same rows
         self.n = len(text)
+        if tokens:                  # tokenizations of these same texts (and languages)
+            self.__dict__["_tokens"] = dict(tokens)
+
+    def token_cache(self) -> dict:
+        """The tokenizations computed so far, by language key (for ``tokens=``)."""
+        return dict(self.__dict__.get("_tokens", {}))
 
     def column(self, name: str) -> pa.Array | None:
         if self.table is None or name not in self.table.column_names:

@@ -721,6 +721,13 @@ class Tokens:
     def select(self, mask: np.ndarray) -> "Tokens":
         return Tokens(self.ids[mask], self.parent[mask], self.n_docs)
 
+    def subset_docs(self, keep: np.ndarray) -> "Tokens":
+        """The tokens of the documents where ``keep`` is true, renumbered 0..k-1."""
+        keep = np.asarray(keep, dtype=bool)
+        mask = keep[self.parent]
+        new_index = np.cumsum(keep) - 1
+        return Tokens(self.ids[mask], new_index[self.parent[mask]], int(keep.sum()))
+
 
 def tokenize(text: pa.Array, langs: list[str] | None = None) -> Tokens:
     """datatrove's ``split_into_words`` for every document of ``text`` (one language code
