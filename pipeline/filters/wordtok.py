@@ -662,12 +662,13 @@ class ChunkTokenizer:
         if len(cache) > self.MAX_CACHE:
             cache.clear()
         split, vid = self.rules.split, VOCAB.id
-        out = []
-        for ch in chunks:
-            hit = cache.get(ch)
+        out = list(map(cache.get, chunks))         # hits at C speed, then the misses
+        for i in [i for i, hit in enumerate(out) if hit is None]:
+            ch = chunks[i]
+            hit = cache.get(ch)                    # a chunk twice in ``chunks``
             if hit is None:
                 hit = cache[ch] = tuple(map(vid, split(ch)))
-            out.append(hit)
+            out[i] = hit
         lens = np.fromiter(map(len, out), dtype=np.int64, count=len(out))
         return np.fromiter(chain.from_iterable(out), dtype=np.int64, count=int(lens.sum())), lens
 
@@ -748,8 +749,10 @@ def tokenize(text: pa.Array, langs: list[str] | None = None) -> Tokens:
         uniq = {}
         g_of_doc = np.array([uniq.setdefault(id(t), len(uniq)) for t in toks], dtype=np.int64)
         groups = list({id(t): t for t in toks}.values())
-    key = g_of_doc[parent] * len(dictionary) + cidx
-    ukey, inv = np.unique(key, return_inverse=True)
+    if len(groups) == 1:            # every dictionary entry occurs: the dictionary is the key set
+        ukey, inv = np.arange(len(dictionary), dtype=np.int64), cidx
+    else:
+        ukey, inv = np.unique(g_of_doc[parent] * len(dictionary) + cidx, return_inverse=True)
     lens = np.empty(len(ukey), dtype=np.int64)
     flats = []
     for g, tok in enumerate(groups):
