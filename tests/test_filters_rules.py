@@ -305,14 +305,81 @@ def _find_all_duplicate(ids: list[int], lengths: list[int], n: int) -> int:
     return chars
 
 
-def test_greedy_duplicate_walk_equals_datatrove_loop():
-    """The walk that visits only repeated n-grams gives datatrove's loop's characters, on
-    documents from nearly all-repeat (2-word vocabulary) to nearly repeat-free."""
-    from pipeline.filters.text import NGrams, greedy_duplicate_ngram_chars
+def test_group_first_equals_numpy_unique():
+    """Counts and first indices from one sort of ``key | index`` equal np.unique's, for
+    small exact keys, random 64-bit hashes, and hashes that share their top bits but
+    differ below (the prefix groups that must be redone exactly)."""
+    from pipeline.filters.text import group_first
+
+    rng = np.random.default_rng(0)
+    redone = 0
+    for trial in range(240):
+        k = int(rng.integers(1, 4000))
+        kind = trial % 3
+        if kind == 0:
+            keys = rng.integers(0, 50, k).astype(np.uint64)
+        elif kind == 1:
+            keys = rng.integers(0, 2**63, k, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+            keys[rng.integers(0, k, k // 3)] = keys[rng.integers(0, k, k // 3)]
+        else:
+            top = rng.integers(0, 2**13, 6).astype(np.uint64) << np.uint64(51)
+            keys = (top[rng.integers(0, 6, k)] | rng.integers(0, 5, k).astype(np.uint64)
+                    | np.uint64(1 << 63))
+            redone += 1
+        count, first = group_first(keys)
+        _, fi, inv, cnt = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+        assert count.tolist() == cnt[inv].tolist(), trial
+        assert first.tolist() == fi[inv].tolist(), trial
+    assert redone == 80
+    assert group_first(np.zeros(0, np.uint64))[0].shape == (0,)
+
+
+def _find_top_duplicate(ids: list[int], lengths: list[int], n: int) -> float:
+    """datatrove's ``find_top_duplicate`` over word ids: the most common n-gram (ties to
+    the first seen) x its count, its length its words joined by spaces; NaN without one."""
+    counter: dict = {}
+    for i in range(len(ids) - n + 1):
+        g = tuple(ids[i:i + n])
+        if g not in counter:
+            counter[g] = [0, sum(lengths[i:i + n]) + n - 1]
+        counter[g][0] += 1
+    if not counter:
+        return float("nan")
+    count, length = max(counter.values(), key=lambda v: v[0])
+    return float(count * length)
+
+
+def _paper_ngram_stats(ids: list[int], lengths: list[int], n: int) -> tuple[float, float]:
+    """The paper's definitions: (count x length of the most frequent repeated n-gram, ties
+    to the longest; characters of the words covered by any repeated n-gram)."""
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    counts: dict = {}
+    for g in grams:
+        counts[g] = counts.get(g, 0) + 1
+    top, covered = 0, set()
+    for i, g in enumerate(grams):
+        if counts[g] > 1:
+            top = max(top, (counts[g] << 32) + sum(lengths[i:i + n]) + n - 1)
+            covered.update(range(i, i + n))
+    return float((top >> 32) * (top & 0xFFFFFFFF)), float(sum(lengths[i] for i in covered))
+
+
+def test_ngram_statistics_equal_the_loops():
+    """The n-gram statistics computed from the repeated windows only (``NGrams``'s
+    ``Repeats``) equal the loops they replace: datatrove's ``find_all_duplicate`` (the
+    greedy walk) and ``find_top_duplicate``, and the paper's top and duplicated n-gram
+    characters, on documents from nearly all-repeat (2-word vocabulary) to nearly
+    repeat-free, empty and shorter than n."""
+    from pipeline.filters.text import (NGrams, duplicate_ngram_chars, greedy_duplicate_ngram_chars,
+                                       top_ngram_chars, top_ngram_chars_first)
 
     class Words:
         def __init__(self, ids, parent, n_docs, length):
             self.ids, self.parent, self.n_docs, self.length = ids, parent, n_docs, length
+            self.count = np.bincount(parent, minlength=n_docs)
+
+        def per_doc(self, weights=None):
+            return np.bincount(self.parent, weights=weights, minlength=self.n_docs)
 
     rng = np.random.default_rng(0)
     checked = nonzero = 0
@@ -321,7 +388,8 @@ def test_greedy_duplicate_walk_equals_datatrove_loop():
         docs = []
         for _ in range(n_docs):
             vocab = int(rng.choice([2, 3, 5, 30, 10_000]))
-            doc = rng.integers(0, vocab, int(rng.integers(0, 300))).tolist()
+            size = int(rng.choice([0, int(rng.integers(1, 6)), int(rng.integers(0, 300))], p=[.1, .2, .7]))
+            doc = rng.integers(0, vocab, size).tolist()
             if doc and rng.random() < 0.5:        # a copied passage
                 a = int(rng.integers(0, len(doc)))
                 doc += doc[a:a + int(rng.integers(1, 60))]
@@ -330,11 +398,18 @@ def test_greedy_duplicate_walk_equals_datatrove_loop():
         parent = np.repeat(np.arange(n_docs), [len(d) for d in docs]).astype(np.int64)
         length = (ids % 7 + 1).astype(np.int64)
         w = Words(ids, parent, n_docs, length)
-        ng = NGrams(w)
-        for n, start, count in ng.iter([5, 6, 7, 8, 9, 10]):
-            got = greedy_duplicate_ngram_chars(w, start, count, ng.hash, n)
-            want = [_find_all_duplicate(d, [x % 7 + 1 for x in d], n) for d in docs]
+        lens = [[x % 7 + 1 for x in d] for d in docs]
+        for n, rep in NGrams(w).iter([2, 3, 4, 5, 6, 7, 8, 9, 10]):
+            if n <= 4:
+                got = top_ngram_chars_first(w, rep, n)
+                want = [_find_top_duplicate(d, ln, n) for d, ln in zip(docs, lens)]
+                np.testing.assert_array_equal(got, np.array(want), err_msg=f"top {n}")
+            got = greedy_duplicate_ngram_chars(w, rep, n)
+            want = [_find_all_duplicate(d, ln, n) for d, ln in zip(docs, lens)]
             assert got.tolist() == want, n
+            paper = [_paper_ngram_stats(d, ln, n) for d, ln in zip(docs, lens)]
+            assert top_ngram_chars(w, rep, n).tolist() == [p[0] for p in paper], n
+            assert duplicate_ngram_chars(w, rep, n).tolist() == [p[1] for p in paper], n
             checked += n_docs
             nonzero += sum(x > 0 for x in want)
     assert nonzero > 100 and checked - nonzero > 100

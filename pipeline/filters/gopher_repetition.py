@@ -89,15 +89,14 @@ class GopherRepetitionFilter(LanguageAwareFilter):
         }
         tok = batch.tokens(self.cfg.language)
         top_ns, dup_ns = self._ns()
-        ngrams = NGrams(tok)
-        for n, start, count in ngrams.iter(sorted(set(top_ns) | set(dup_ns))):
+        for n, rep in NGrams(tok).iter(sorted(set(top_ns) | set(dup_ns))):
             if n in top_ns:
-                top = top_ngram_chars_first(tok, start, count, n)
+                top = top_ngram_chars_first(tok, rep, n)
                 out[f"top_{n}gram_char_frac"] = np.where(np.isnan(top), np.nan, safe_ratio(
                     np.nan_to_num(top), chars))
             if n in dup_ns:
                 out[f"dup_{n}gram_char_frac"] = safe_ratio(
-                    greedy_duplicate_ngram_chars(tok, start, count, ngrams.hash, n), chars)
+                    greedy_duplicate_ngram_chars(tok, rep, n), chars)
         return out
 
     def _score_paper(self, batch: TextBatch) -> dict[str, np.ndarray]:
@@ -115,12 +114,12 @@ class GopherRepetitionFilter(LanguageAwareFilter):
         words = batch.words
         word_chars = words.per_doc(words.length)
         top_ns, dup_ns = self._ns()
-        for n, start, count in NGrams(words).iter(sorted(set(top_ns) | set(dup_ns))):
+        for n, rep in NGrams(words).iter(sorted(set(top_ns) | set(dup_ns))):
             if n in top_ns:
-                out[f"top_{n}gram_char_frac"] = safe_ratio(top_ngram_chars(words, start, count, n), chars)
+                out[f"top_{n}gram_char_frac"] = safe_ratio(top_ngram_chars(words, rep, n), chars)
             if n in dup_ns:
                 out[f"dup_{n}gram_char_frac"] = safe_ratio(
-                    duplicate_ngram_chars(words, start, count, n), word_chars)
+                    duplicate_ngram_chars(words, rep, n), word_chars)
         return out
 
     def keep(self, s: dict[str, np.ndarray], cfg=None) -> tuple[np.ndarray, np.ndarray]:

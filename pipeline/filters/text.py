@@ -21,6 +21,7 @@ import bisect
 
 import string
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -87,19 +88,64 @@ class Pieces:
         return sub
 
 
+def group_first(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each element of ``keys`` (unsigned 64-bit): how many elements are equal to it
+    (``count``) and the lowest index of one (``first``); ``np.unique``'s counts and first
+    indices mapped back to the elements, at a fraction of its cost.
+
+    One plain sort of ``key | index`` (no argsort, no stable sort): the index takes the
+    low ``b`` bits (``b`` = bits of ``len(keys) - 1``), so the sorted array gives each
+    group of equal keys in index order, its first element first. Keys below ``2**(64-b)``
+    fit whole (exact integer keys); wider ones (hashes) are compared on their top
+    ``64 - b`` bits, and the rare groups where full keys differ under one such prefix are
+    redone with ``np.unique``: the result is exact either way."""
+    k = len(keys)
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    keys = np.asarray(keys, dtype=np.uint64)
+    b = max(1, (k - 1).bit_length())
+    ub = np.uint64(b)
+    exact = int(keys.max()) < (1 << (64 - b))
+    key = (keys << ub) if exact else ((keys >> ub) << ub)
+    key |= np.arange(k, dtype=np.uint64)
+    key.sort()
+    order = (key & np.uint64((1 << b) - 1)).astype(np.int64)
+    key >>= ub
+    new = np.empty(k, dtype=bool)
+    new[0] = True
+    np.not_equal(key[1:], key[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    sizes = np.diff(np.append(starts, k))
+    count = np.empty(k, dtype=np.int64)
+    first = np.empty(k, dtype=np.int64)
+    count[order] = np.repeat(sizes, sizes)
+    first[order] = np.repeat(order[starts], sizes)
+    if not exact:
+        ks = keys[order]
+        mixed = ~new
+        mixed[1:] &= ks[1:] != ks[:-1]
+        if mixed.any():                    # one prefix, several keys: np.unique on those
+            gid = np.cumsum(new) - 1
+            sub = np.sort(order[np.isin(gid, gid[mixed])])
+            _, fi, inv, cnt = np.unique(keys[sub], return_index=True, return_inverse=True,
+                                        return_counts=True)
+            count[sub] = cnt[inv]
+            first[sub] = sub[fi][inv]
+    return count, first
+
+
 def duplicates(pieces: Pieces) -> tuple[np.ndarray, np.ndarray]:
     """Per document: (number of pieces seen before in the same document, their characters).
 
     Same semantics as datatrove's ``find_duplicates`` (the first occurrence is not a
-    duplicate, every later one is), computed for the whole batch with one stable sort.
+    duplicate, every later one is), computed for the whole batch with one sort.
     """
     if len(pieces.parent) == 0:
         z = np.zeros(pieces.n_docs)
         return z, z.copy()
     key = pieces.parent * (int(pieces.ids.max()) + 1) + pieces.ids
-    _, first = np.unique(key, return_index=True)
-    dup = np.ones(len(key), dtype=bool)
-    dup[first] = False
+    _, first = group_first(key.astype(np.uint64))
+    dup = first != np.arange(len(key))
     return (np.bincount(pieces.parent[dup], minlength=pieces.n_docs).astype(np.float64),
             pieces.per_doc(np.where(dup, pieces.length, 0)))
 
@@ -125,118 +171,121 @@ def _mix(h: np.ndarray, w: np.ndarray) -> np.ndarray:
         return h ^ (h >> np.uint64(29))
 
 
-class NGrams:
-    """Word n-grams of a batch with their in-document occurrence counts.
+class Repeats(NamedTuple):
+    """The n-gram windows of a batch whose n-gram occurs more than once in its document:
+    ``pos`` (flat word index of the window's first word, increasing), ``count`` (how
+    often the n-gram occurs in the document) and ``first`` (``pos`` of its first
+    occurrence; equal to ``pos`` for the first occurrence itself). Every other window
+    (``words.count[d] - n + 1`` per document with at least ``n`` words) occurs once."""
+    pos: np.ndarray
+    count: np.ndarray
+    first: np.ndarray
 
-    ``for n, start, count in NGrams(words).iter(ns)``: ``start`` are the indices (into the
-    flat word array) of the n-gram windows that lie inside one document and ``count`` how
-    often that window's n-gram occurs in its document.
+
+_NO_REPEATS = Repeats(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+
+class NGrams:
+    """Word n-grams of a batch: ``for n, rep in NGrams(words).iter(ns)`` gives each ``n``'s
+    ``Repeats``.
 
     N-grams are hashed incrementally (the hash of an n-gram extends the hash of its
     (n-1)-gram prefix) with the document index mixed in, 64 bits: collisions ~2^-64 a pair.
-    Counting is pruned exactly: an n-gram can only occur twice if both of its (n-1)-gram
-    parts do, so only those windows are counted; every other window has count 1. In
-    natural text repeated 5-grams are rare, so the longer n cost little.
+    Counting is pruned exactly: an n-gram can only occur twice if the (n-1)-grams at its
+    position and the next both repeat, so from n = 3 on only those windows are hashed and
+    counted (``group_first``), and the work shrinks with the repeats. In natural text
+    repeated 5-grams are rare, so the longer n cost little.
     """
 
     def __init__(self, words: Pieces):
         self.words = words
 
-    def iter(self, ns: list[int]):
+    def iter(self, ns):
         w = self.words.ids
         parent = self.words.parent
         total = len(w)
-        h = _mix(_mix(parent.astype(np.uint64), np.zeros(total, np.uint64)), w)   # 1-grams
-        rep = None                                 # (n-1)-gram windows that repeat
+        pos = hs = None                       # the repeated (n-1)-grams: positions, hashes
         for n in range(2, max(ns, default=1) + 1):
-            m = total - n + 1
-            if m <= 0:
-                if n in ns:
-                    yield n, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-                rep = np.zeros(0, dtype=bool)
-                continue
-            h = _mix(h[:m], w[n - 1:n - 1 + m])
-            inside = parent[:m] == parent[n - 1:n - 1 + m]
-            cand = inside if rep is None else inside & rep[:m] & rep[1:m + 1]
-            count = np.ones(m, dtype=np.int64)
-            idx = np.flatnonzero(cand)
-            if len(idx):
-                _, inv, cnt = np.unique(h[idx], return_inverse=True, return_counts=True)
-                count[idx] = cnt[inv]
-            rep = count > 1
+            if n == 2:
+                cand = np.flatnonzero(parent[:-1] == parent[1:]) if total > 1 else np.zeros(0, np.int64)
+                h1 = _mix(_mix(parent[cand].astype(np.uint64), np.zeros(len(cand), np.uint64)), w[cand])
+                hc = _mix(h1, w[cand + 1])
+            else:
+                j = np.flatnonzero(pos[1:] == pos[:-1] + 1)      # (n-1)-grams at i and i+1 repeat
+                cand = pos[j]
+                hc = _mix(hs[j], w[cand + n - 1])
+            if len(cand):
+                cnt, fc = group_first(hc)
+                sel = np.flatnonzero(cnt > 1)
+                pos, hs = cand[sel], hc[sel]
+                rep = Repeats(pos, cnt[sel], cand[fc[sel]])
+            else:
+                pos, hs, rep = _NO_REPEATS.pos, np.zeros(0, np.uint64), _NO_REPEATS
             if n in ns:
-                start = np.flatnonzero(inside)
-                self.hash = h[start]           # the windows' n-gram hashes, for callers that need identity
-                yield n, start, count[start]
+                yield n, rep
 
 
-def top_ngram_chars(words: Pieces, start: np.ndarray, count: np.ndarray, n: int) -> np.ndarray:
+def top_ngram_chars(words: Pieces, rep: Repeats, n: int) -> np.ndarray:
     """Per document: characters of the most frequent n-gram × its count (0 if none repeats).
 
     Ties between equally frequent n-grams go to the longest one. The n-gram's length is
     its words joined by single spaces, as in datatrove ``find_top_duplicate``.
     """
     out = np.zeros(words.n_docs, dtype=np.int64)
-    sel = count > 1
-    if not sel.any():
+    if not len(rep.pos):
         return out.astype(np.float64)
-    start, count = start[sel], count[sel]
+    start, count = rep.pos, rep.count
     csum = length_csum(words)
     length = csum[start + n] - csum[start] + (n - 1)
     np.maximum.at(out, words.parent[start], (count << 32) + length)
     return ((out >> 32) * (out & 0xFFFFFFFF)).astype(np.float64)
 
 
-def top_ngram_chars_first(words, start: np.ndarray, count: np.ndarray, n: int) -> np.ndarray:
+def top_ngram_chars_first(words, rep: Repeats, n: int) -> np.ndarray:
     """datatrove's ``find_top_duplicate``: per document, characters of the most frequent
     n-gram (words joined by spaces) × its count, ties to the n-gram seen first, and a
-    count of 1 counts too (every document with >= n words has a top n-gram); NaN for
-    documents with fewer than n words (the rule is skipped)."""
+    count of 1 counts too (every document with >= n words has a top n-gram: without a
+    repeat, its first n-gram); NaN for documents with fewer than n words (the rule is
+    skipped)."""
     out = np.full(words.n_docs, np.nan)
-    if len(start) == 0:
-        return out
-    parent = words.parent[start]           # non-decreasing: windows are in text order
-    seg = np.flatnonzero(np.r_[True, parent[1:] != parent[:-1]])
-    docs = parent[seg]
-    top = np.maximum.reduceat(count, seg)                   # the highest count per document
-    at_top = np.flatnonzero(count == np.repeat(top, np.diff(np.r_[seg, len(count)])))
-    best = at_top[np.flatnonzero(np.r_[True, parent[at_top][1:] != parent[at_top][:-1]])]
     csum = length_csum(words)
-    length = csum[start[best] + n] - csum[start[best]] + (n - 1)
-    out[docs] = length * count[best]
+    n_words = np.asarray(words.count, dtype=np.int64)
+    docs = np.flatnonzero(n_words >= n)
+    if not len(docs):
+        return out
+    at = (np.cumsum(n_words) - n_words)[docs]             # each document's first n-gram, count 1
+    out[docs] = csum[at + n] - csum[at] + (n - 1)
+    if len(rep.pos):
+        pos, count = rep.pos, rep.count
+        parent = words.parent[pos]                         # non-decreasing
+        seg = np.flatnonzero(np.r_[True, parent[1:] != parent[:-1]])
+        top = np.maximum.reduceat(count, seg)              # the highest count per document
+        at_top = np.flatnonzero(count == np.repeat(top, np.diff(np.r_[seg, len(count)])))
+        best = at_top[np.flatnonzero(np.r_[True, parent[at_top][1:] != parent[at_top][:-1]])]
+        length = csum[pos[best] + n] - csum[pos[best]] + (n - 1)
+        out[parent[seg]] = length * count[best]
     return out
 
 
-def greedy_duplicate_ngram_chars(words, start: np.ndarray, count: np.ndarray, hashes: np.ndarray,
-                                 n: int) -> np.ndarray:
+def greedy_duplicate_ngram_chars(words, rep: Repeats, n: int) -> np.ndarray:
     """datatrove's ``find_all_duplicate``: scan each document's n-grams left to right; an
     n-gram seen before adds its characters (words concatenated) and skips ``n`` words, an
     unseen one is remembered.
 
     The same walk, visiting only the windows whose n-gram occurred earlier in the document
-    (``count > 1`` and not its first occurrence): every other visited window is unseen by
-    definition. A repeat at ``c`` is a duplicate when its n-gram was seen at a visited
-    window: an earlier repeat that was visited (the set ``seen``), or its first occurrence
-    ``f`` unless a duplicate's skip covered ``f`` (only the last duplicate before ``f``
-    can: skips do not overlap). Documents without a repeated n-gram get 0 without a scan.
+    (repeats that are not their n-gram's first occurrence): every other visited window is
+    unseen by definition. A repeat at ``c`` is a duplicate when its n-gram was seen at a
+    visited window: an earlier repeat that was visited (the set ``seen``), or its first
+    occurrence ``f`` unless a duplicate's skip covered ``f`` (only the last duplicate
+    before ``f`` can: skips do not overlap). Documents without a repeated n-gram get 0
+    without a scan.
     """
     out = np.zeros(words.n_docs)
-    rep = np.flatnonzero(count > 1)
-    if not len(rep):
-        return out
-    hr = hashes[rep]
-    order = np.lexsort((rep, hr))                  # by n-gram, then position
-    sh, si = hr[order], rep[order]
-    new = np.empty(len(sh), dtype=bool)
-    new[0] = True
-    new[1:] = sh[1:] != sh[:-1]
-    first = np.empty(len(rep), dtype=np.int64)
-    first[order] = si[new][np.cumsum(new) - 1]     # first occurrence of each repeat's n-gram
-    cand = first != rep
-    cw, cf, ch = rep[cand], first[cand], hr[cand]
+    later = rep.first != rep.pos
+    cw, cf = rep.pos[later], rep.first[later]      # an n-gram's identity: its first window
     if not len(cw):
         return out
-    doc = words.parent[start[cw]]
+    doc = words.parent[cw]
     seg = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]])
     seg_end = np.r_[seg[1:], len(cw)]
     # Fast path: suppose every visited repeat is a duplicate (its first occurrence was
@@ -263,33 +312,30 @@ def greedy_duplicate_ngram_chars(words, start: np.ndarray, count: np.ndarray, ha
         bad_docs = np.unique(d_doc[bad])
         keep = ~np.isin(d_doc, bad_docs)
         exact: list[int] = []
-        cw_l, cf_l, ch_l = cw.tolist(), cf.tolist(), ch.tolist()
         for si in np.flatnonzero(np.isin(doc[seg], bad_docs)).tolist():
-            exact += _greedy_walk(cw_l, cf_l, ch_l, int(seg[si]), int(seg_end[si]), n)
+            a, b = int(seg[si]), int(seg_end[si])
+            exact += _greedy_walk(cw[a:b].tolist(), cf[a:b].tolist(), n)
         dups = np.concatenate([d_w[keep], np.asarray(exact, dtype=np.int64)])
     if len(dups):
         d = np.asarray(dups, dtype=np.int64)
         csum = length_csum(words)
-        st = start[d]
-        np.add.at(out, words.parent[st], csum[st + n] - csum[st])
+        np.add.at(out, words.parent[d], csum[d + n] - csum[d])
     return out
 
 
-def _greedy_walk(cw: list[int], cf: list[int], ch: list, a: int, b: int, n: int) -> list[int]:
-    """The exact walk over one document's repeats ``cw[a:b]`` (first occurrences ``cf``,
-    n-gram hashes ``ch``): the windows that count as duplicates."""
+def _greedy_walk(cw: list[int], cf: list[int], n: int) -> list[int]:
+    """The exact walk over one document's repeats ``cw`` (each with its n-gram's first
+    occurrence ``cf``, which is also the n-gram's identity): the windows that count as
+    duplicates."""
     seen: set = set()
     dups: list[int] = []
     skip_until = -1
-    for k in range(a, b):
-        c = cw[k]
+    for c, f in zip(cw, cf):
         if c < skip_until:
             continue
-        h = ch[k]
-        dup = h in seen
+        dup = f in seen
         if not dup:
-            seen.add(h)
-            f = cf[k]
+            seen.add(f)
             j = bisect.bisect_left(dups, f) - 1
             dup = j < 0 or f >= dups[j] + n
         if dup:
@@ -298,10 +344,10 @@ def _greedy_walk(cw: list[int], cf: list[int], ch: list, a: int, b: int, n: int)
     return dups
 
 
-def duplicate_ngram_chars(words: Pieces, start: np.ndarray, count: np.ndarray, n: int) -> np.ndarray:
+def duplicate_ngram_chars(words: Pieces, rep: Repeats, n: int) -> np.ndarray:
     """Per document: characters of the words covered by any n-gram that occurs more than
     once in the document (overlaps counted once) — Gopher's "duplicate n-gram" fraction."""
-    dup_start = start[count > 1]
+    dup_start = rep.pos
     if len(dup_start) == 0:
         return np.zeros(words.n_docs)
     diff = np.zeros(len(words.parent) + 1, dtype=np.int64)
