@@ -483,3 +483,29 @@ def test_chain_reuses_tokens_of_kept_documents_with_the_same_results(monkeypatch
     reasons = reused.column("reason").to_pylist()
     assert reasons.count("gopher_repetition") > 0 and reasons.count(None) > 0
     assert n_reused < sum(calls)
+
+
+def test_line_splits_equal_python_on_every_break():
+    """``py_lines`` (a literal split where the batch has only "\\n" breaks) equals
+    ``str.splitlines()`` and ``line_runs`` equals ``re.split("\\n+")``, on random texts of
+    every line break, empty texts and texts that start or end with breaks."""
+    import random
+    import re
+
+    from pipeline.filters.text import TextBatch
+
+    rnd = random.Random(0)
+    alphabet = ["a", "b", " ", "\n", "\n", "\r", "\r\n", "\x0b", "\x85", "\u2028", "é", "\x1c"]
+    for trial in range(1500):
+        docs = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+                for _ in range(rnd.randint(0, 6))]
+        if trial % 2:                               # only "\n" breaks: the literal split
+            docs = [re.sub("[\r\x0b\x85\u2028\x1c]", "", d) for d in docs]
+        b = TextBatch(pa.array(docs, pa.string()))
+        want = [d.splitlines() for d in docs]
+        assert b.py_lines.values.to_pylist() == [x for w in want for x in w], docs
+        assert b.py_lines.count.tolist() == [len(w) for w in want], docs
+        runs = [re.split("\n+", d) for d in docs]
+        assert b.line_runs.values.to_pylist() == [x for w in runs for x in w], docs
+        assert b.line_runs.count.tolist() == [len(w) for w in runs], docs
+        assert b.line_runs.length.tolist() == [len(x) for w in runs for x in w], docs

@@ -30,11 +30,9 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-import pyarrow.compute as pc
-
 from pipeline.filters.base import LanguageAwareFilter, Rule, decide
 from pipeline.filters.languages import LanguageAwareConfig
-from pipeline.filters.text import (NGrams, Pieces, TextBatch, duplicate_ngram_chars, duplicates,
+from pipeline.filters.text import (NGrams, TextBatch, duplicate_ngram_chars, duplicates,
                                    greedy_duplicate_ngram_chars, safe_ratio, top_ngram_chars,
                                    top_ngram_chars_first)
 
@@ -78,7 +76,7 @@ class GopherRepetitionFilter(LanguageAwareFilter):
             return self._score_paper(batch)
         chars = batch.chars
         paras = batch.paragraphs
-        lines = Pieces(pc.split_pattern_regex(batch.text, "\n+"), batch.n)
+        lines = batch.line_runs
         dp, dpc = duplicates(paras)
         dl, dlc = duplicates(lines)
         out = {
