@@ -46,6 +46,7 @@ NOSPACE_RANGES = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u0f00-\u0fff"   # Tha
                   "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
                   "\U00020000-\U0002fa1f")
 _NOSPACE_SPLIT = re.compile(f"([{NOSPACE_RANGES}])")
+_HAS_SPACE = re.compile(r"\s")      # what str.strip() strips
 CHAR_LEVEL_TYPES = {"ThaiTokenizer", "KhmerTokenizer", "LaoTokenizer", "TibetanTokenizer",
                     "BurmeseTokenizer"}
 CHAR_LEVEL_SPACY = {"zh", "ja"}
@@ -403,10 +404,19 @@ class _InfixIndex:
         self.char_masks: dict[str, int] = {}
         self.by_mask: dict[int, re.Pattern | None] = {}
         self.single: dict[int, re.Pattern] = {}
+        # ASCII characters with equal masks translate to one of them: fewer to look up
+        first_of: dict[int, str] = {}
+        self.ascii_class = {c: first_of.setdefault(self._mask(chr(c)), chr(c)) for c in range(128)}
+
+    def _mask(self, ch: str) -> int:
+        b = self.char_masks.get(ch)
+        if b is None:
+            b = self.char_masks[ch] = sum(1 << i for i, g in enumerate(self.gates) if g.fullmatch(ch))
+        return b
 
     def regex_for(self, s: str) -> re.Pattern | None:
         masks, m = self.char_masks, 0
-        for ch in set(s):
+        for ch in set(s.translate(self.ascii_class)):
             b = masks.get(ch)
             if b is None:
                 b = masks[ch] = sum(1 << i for i, g in enumerate(self.gates) if g.fullmatch(ch))
@@ -465,6 +475,7 @@ class SpacyRules:
         # the special-case matcher indexed by its patterns' first token (one-token
         # patterns) and first two tokens (longer ones)
         self._single = {p[0] for pats in self.matcher.values() for p in pats if len(p) == 1}
+        self._starts = set(self.matcher)         # tokens a pattern can start with
         self._pairs: dict[tuple[str, str], list[tuple[str, ...]]] = {}
         for pats in self.matcher.values():
             for p in pats:
@@ -510,15 +521,89 @@ class SpacyRules:
         specials = self.specials
         if string in specials:
             return list(specials[string])
-        if self._plain and string and self._untouched(string):
-            w = string.strip()
-            if not w:
-                return []
-            return list(specials.get(w, (w,))) if w in self._single else [w]
+        if self._plain:
+            return self._split_indexed(string)
         toks = self._split(string, True)
         if not self.matcher:
             return toks
         return self._apply_special_cases(toks) if self._indexed else self._reference_special_cases(toks)
+
+    def _split_indexed(self, string: str) -> list[str]:
+        """``_split(string, True)`` then the special cases, as one function for the indexed
+        mode (the edge indexes and the infix gate): the same steps in the same order, with
+        two shortcuts that change nothing: tokens are stripped only when the chunk has
+        whitespace (a token is a non-empty substring of the chunk, or a special case's
+        pieces of one), and the special-case matcher runs only when a token can start a
+        pattern."""
+        whole = string
+        specials = self.specials
+        token_match = self.token_match
+        pre_idx, suf_idx = self._prefix_search, self._suffix_search
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        last_size = 0
+        while string and len(string) != last_size:
+            if token_match is not None and token_match.match(string):
+                break
+            if string in specials:
+                break
+            last_size = len(string)
+            m = pre_idx.search(string) if pre_idx is not None else None
+            pre_len = m.end() - m.start() if m is not None else 0
+            if pre_len:
+                prefix, minus_pre = string[:pre_len], string[pre_len:]
+                if minus_pre and minus_pre in specials:
+                    string = minus_pre
+                    prefixes.append(prefix)
+                    break
+            m = suf_idx.search(string[pre_len:] if pre_len else string) if suf_idx is not None else None
+            suf_len = m.end() - m.start() if m is not None else 0
+            if suf_len:
+                suffix, minus_suf = string[-suf_len:], string[:-suf_len]
+                if minus_suf and minus_suf in specials:
+                    string = minus_suf
+                    suffixes.append(suffix)
+                    break
+            if pre_len and suf_len and (pre_len + suf_len) <= len(string):
+                string = string[pre_len:-suf_len]
+                prefixes.append(prefix)
+                suffixes.append(suffix)
+            elif pre_len:
+                string = minus_pre
+                prefixes.append(prefix)
+            elif suf_len:
+                string = minus_suf
+                suffixes.append(suffix)
+        out = prefixes
+        if string:
+            if string in specials:
+                out.extend(specials[string])
+            elif (infix := self.infix if self._infix_index is None
+                  else self._infix_index.regex_for(string)) is None:
+                out.append(string)
+            elif ((token_match is not None and token_match.match(string))
+                  or (self.url_match is not None and self.url_match.match(string))):
+                out.append(string)
+            else:
+                start = 0
+                for m in infix.finditer(string):
+                    a, b = m.start(), m.end()
+                    if a == 0:
+                        continue
+                    if a != start:
+                        out.append(string[start:a])
+                    if a != b:
+                        out.append(string[a:b])
+                    start = b
+                if string[start:]:
+                    out.append(string[start:])
+        if suffixes:
+            out.extend(reversed(suffixes))
+        if _HAS_SPACE.search(whole) is not None:
+            out = [w for w in (x.strip() for x in out) if w]
+        if self.matcher and not self._starts.isdisjoint(out):
+            return self._apply_special_cases(out)
+        return out
 
     def _reference_special_cases(self, toks: list[str]) -> list[str]:
         """``_apply_special_cases`` as spaCy writes it (every pattern of the first token)."""
