@@ -535,10 +535,15 @@ class SpacyRules:
         whitespace (a token is a non-empty substring of the chunk, or a special case's
         pieces of one), and the special-case matcher runs only when a token can start a
         pattern."""
+        if "\n" in string:                 # ``$`` also matches before a final newline
+            return self._apply_special_cases(self._split(string, True)) if self.matcher \
+                else self._split(string, True)
         whole = string
         specials = self.specials
         token_match = self.token_match
         pre_idx, suf_idx = self._prefix_search, self._suffix_search
+        pre_by = pre_idx.by_char if pre_idx is not None else None
+        suf_by = suf_idx.by_char if suf_idx is not None else None
         prefixes: list[str] = []
         suffixes: list[str] = []
         last_size = 0
@@ -548,16 +553,33 @@ class SpacyRules:
             if string in specials:
                 break
             last_size = len(string)
-            m = pre_idx.search(string) if pre_idx is not None else None
-            pre_len = m.end() - m.start() if m is not None else 0
+            pre_len = 0                     # _EdgeIndex.search, inlined
+            if pre_by is not None:
+                e = pre_by.get(string[0], _MISSING)
+                if e is _MISSING:
+                    e = pre_idx.for_char(string[0])
+                if e is not None and (e.always or e.possible(string)):
+                    m = e.regex.search(string)
+                    if m is not None:
+                        pre_len = m.end() - m.start()
             if pre_len:
                 prefix, minus_pre = string[:pre_len], string[pre_len:]
                 if minus_pre and minus_pre in specials:
                     string = minus_pre
                     prefixes.append(prefix)
                     break
-            m = suf_idx.search(string[pre_len:] if pre_len else string) if suf_idx is not None else None
-            suf_len = m.end() - m.start() if m is not None else 0
+            suf_len = 0
+            if suf_by is not None:
+                rest = string[pre_len:] if pre_len else string
+                if rest:
+                    e = suf_by.get(rest[-1], _MISSING)
+                    if e is _MISSING:
+                        e = suf_idx.for_char(rest[-1])
+                    m = e.regex.search(rest) if e is not None and (e.always or e.possible(rest)) else None
+                else:
+                    m = suf_idx.search(rest)
+                if m is not None:
+                    suf_len = m.end() - m.start()
             if suf_len:
                 suffix, minus_suf = string[-suf_len:], string[:-suf_len]
                 if minus_suf and minus_suf in specials:
