@@ -310,12 +310,23 @@ def greedy_duplicate_ngram_chars(words, rep: Repeats, n: int) -> np.ndarray:
     bad = (j >= 0) & (d_doc[jc] == d_doc) & (f_w < d_w[jc] + n)
     dups = d_w
     if bad.any():
-        bad_docs = np.unique(d_doc[bad])
-        keep = ~np.isin(d_doc, bad_docs)
+        # the chain is right up to a document's first failure: the exact walk resumes
+        # there, with the chain before it as its duplicates and their n-grams as seen
+        bad_idx = np.flatnonzero(bad)
+        first_bad = bad_idx[np.r_[True, d_doc[bad_idx][1:] != d_doc[bad_idx][:-1]]]
+        run = np.flatnonzero(np.r_[True, d_doc[1:] != d_doc[:-1]])       # each document's chain
+        run_of = np.searchsorted(run, first_bad, side="right") - 1
+        run_start, run_end = run[run_of], np.r_[run[1:], len(sel)][run_of]
+        redo = np.zeros(len(sel) + 1, dtype=np.int64)
+        np.add.at(redo, first_bad, 1)
+        np.add.at(redo, run_end, -1)
+        keep = np.cumsum(redo[:-1]) == 0
+        k_from = sel[first_bad]
+        k_to = seg_end[np.searchsorted(seg, k_from, side="right") - 1]
         exact: list[int] = []
-        for si in np.flatnonzero(np.isin(doc[seg], bad_docs)).tolist():
-            a, b = int(seg[si]), int(seg_end[si])
-            exact += _greedy_walk(cw[a:b].tolist(), cf[a:b].tolist(), n)
+        d_w_l, f_w_l = d_w.tolist(), f_w.tolist()
+        for ci, rs, a, b in zip(first_bad.tolist(), run_start.tolist(), k_from.tolist(), k_to.tolist()):
+            exact += _greedy_walk(cw[a:b].tolist(), cf[a:b].tolist(), n, d_w_l[rs:ci], set(f_w_l[rs:ci]))
         dups = np.concatenate([d_w[keep], np.asarray(exact, dtype=np.int64)])
     if len(dups):
         d = np.asarray(dups, dtype=np.int64)
@@ -324,12 +335,15 @@ def greedy_duplicate_ngram_chars(words, rep: Repeats, n: int) -> np.ndarray:
     return out
 
 
-def _greedy_walk(cw: list[int], cf: list[int], n: int) -> list[int]:
+def _greedy_walk(cw: list[int], cf: list[int], n: int, dups: list[int] | None = None,
+                 seen: set | None = None) -> list[int]:
     """The exact walk over one document's repeats ``cw`` (each with its n-gram's first
     occurrence ``cf``, which is also the n-gram's identity): the windows that count as
-    duplicates."""
-    seen: set = set()
-    dups: list[int] = []
+    duplicates. ``dups`` and ``seen``: the walk so far, when it resumes at ``cw[0]``
+    (a window it visits); only the duplicates it adds are returned."""
+    seen = set() if seen is None else seen
+    dups = [] if dups is None else list(dups)
+    done = len(dups)
     skip_until = -1
     for c, f in zip(cw, cf):
         if c < skip_until:
@@ -342,7 +356,7 @@ def _greedy_walk(cw: list[int], cf: list[int], n: int) -> list[int]:
         if dup:
             dups.append(c)
             skip_until = c + n
-    return dups
+    return dups[done:]
 
 
 def duplicate_ngram_chars(words: Pieces, rep: Repeats, n: int) -> np.ndarray:
