@@ -30,7 +30,6 @@ import gzip
 import json
 import re
 import unicodedata
-from array import array
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -69,13 +68,16 @@ def punctuation_sets() -> tuple[frozenset, frozenset, frozenset]:
 class Vocab:
     """Global token ids and per-token attributes (numpy arrays indexed by id). ``id`` only
     numbers a new token; its attributes are computed for all new tokens together on the
-    next ``attr`` call."""
+    next ``attr`` call, into arrays that grow by doubling (``attr`` returns a view: no
+    copy of the whole vocabulary per batch)."""
+
+    NAMES = ("length", "symbol", "alpha", "punct", "sent_punct")
 
     def __init__(self):
         self.ids: dict[str, int] = {}
         self.tokens: list[str] = []
-        self._attrs = {k: array("q") for k in ("length", "symbol", "alpha", "punct", "sent_punct")}
-        self._np: dict[str, np.ndarray] = {}
+        self._arrays = {k: np.zeros(1024, dtype=np.int64) for k in self.NAMES}
+        self._filled = 0
 
     def id(self, tok: str) -> int:
         i = self.ids.get(tok)
@@ -85,30 +87,35 @@ class Vocab:
         return i
 
     def _fill(self) -> None:
-        a = self._attrs
-        done = len(a["length"])
-        if done == len(self.tokens):
+        done, total = self._filled, len(self.tokens)
+        if done == total:
             return
         punct_set, _, sent = punctuation_sets()
         category = unicodedata.category
+        new = {k: [] for k in self.NAMES}
+        length, symbol, alpha, punct, sent_punct = (new[k] for k in self.NAMES)
         for tok in self.tokens[done:]:
-            a["length"].append(len(tok))
-            a["symbol"].append(set(tok) <= punct_set)
+            length.append(len(tok))
+            symbol.append(set(tok) <= punct_set)
             if tok.isalpha():           # letters only: alphabetic, not punctuation
-                a["alpha"].append(True)
-                a["punct"].append(False)
+                alpha.append(True)
+                punct.append(False)
             else:
-                a["alpha"].append(any(ch.isalpha() for ch in tok))
-                a["punct"].append(all(category(ch).startswith("P") for ch in tok))
-            a["sent_punct"].append(tok in sent)
-        self._np.clear()
+                alpha.append(any(ch.isalpha() for ch in tok))
+                punct.append(all(category(ch).startswith("P") for ch in tok))
+            sent_punct.append(tok in sent)
+        for k in self.NAMES:
+            arr = self._arrays[k]
+            if len(arr) < total:
+                grown = np.zeros(max(total, 2 * len(arr)), dtype=np.int64)
+                grown[:done] = arr[:done]
+                arr = self._arrays[k] = grown
+            arr[done:total] = new[k]
+        self._filled = total
 
     def attr(self, name: str) -> np.ndarray:
         self._fill()
-        arr = self._np.get(name)
-        if arr is None:
-            arr = self._np[name] = np.frombuffer(self._attrs[name], dtype=np.int64).copy()
-        return arr
+        return self._arrays[name][:self._filled]
 
     def lookup(self, words) -> np.ndarray:
         """Ids of ``words`` (added to the vocabulary)."""
