@@ -439,11 +439,13 @@ class TextBatch:
     def py_lines(self) -> Pieces:
         """Lines as Python's ``str.splitlines()`` makes them (what datatrove's Gopher quality
         and C4 filters use): every line-boundary character, no trailing empty line."""
-        # the other line breaks are rare: where the batch has none, a literal split on
-        # "\n" (several times faster than the regex split); else they become "\n" first
+        # the other line breaks are rare: a literal split on "\n" (several times faster
+        # than the regex split), after the documents that have one get "\n" for each break
         text = self.text
-        if pc.any(pc.match_substring_regex(text, PY_OTHER_BREAK)).as_py():
-            text = pc.replace_substring_regex(text, PY_LINE_BREAK, "\n")
+        other = pc.match_substring_regex(text, PY_OTHER_BREAK).fill_null(False)
+        if pc.any(other).as_py():
+            text = pc.replace_with_mask(text, other, pc.replace_substring_regex(
+                text.filter(other), PY_LINE_BREAK, "\n"))
         lists = pc.split_pattern(text, "\n")
         # a last line that a break ends is not a line, nor is an empty text one
         ends = np.asarray(pc.or_(pc.ends_with(text, "\n"), pc.equal(pc.utf8_length(text), 0))
