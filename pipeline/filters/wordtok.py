@@ -426,7 +426,7 @@ class _InfixIndex:
         for ch in set(s.translate(self.ascii_class)):
             b = masks.get(ch)
             if b is None:
-                b = masks[ch] = sum(1 << i for i, g in enumerate(self.gates) if g.fullmatch(ch))
+                b = self._mask(ch)
             m |= b
         try:
             return self.by_mask[m]
@@ -500,19 +500,12 @@ class SpacyRules:
         else:
             self._prefix_search, self._suffix_search = self.prefix, self.suffix
             self._infix_index = None
-        # a chunk no affix can touch is one token: taken without the loop when the three
-        # tests above are available (an absent regex never matches)
+        # ``_split_indexed`` (the loop with the edge searches inlined) needs both affix
+        # searches as edge indexes (or absent: an absent regex never matches) and, where
+        # there is an infix regex, its gate
         self._plain = on and all(isinstance(x, _EdgeIndex) or x is None
                                  for x in (self._prefix_search, self._suffix_search)) \
             and (self.infix is None or self._infix_index is not None)
-
-    def _untouched(self, s: str) -> bool:
-        """No prefix, suffix or infix piece can match ``s`` (so ``_split`` keeps it whole)."""
-        if "\n" in s:
-            return False
-        pre, suf, inf = self._prefix_search, self._suffix_search, self._infix_index
-        return ((pre is None or pre.untouched(s)) and (suf is None or suf.untouched(s))
-                and (inf is None or inf.regex_for(s) is None))
 
     def _find_prefix(self, s: str) -> int:
         m = self._prefix_search.search(s) if self.prefix else None
